@@ -1,0 +1,29 @@
+"""Hard View Selection (Ferreira, Rapant, Hutter, 2023): framework-agnostic core.
+
+Imports torch only. Host adapters live in ``hvs_plugins.adapters``.
+"""
+from .crops import CandidateTransform, box_iou, install_box_recorders, pair_ious
+from .guard import preserve_state
+from .losses import (
+    dino_cross_entropy,
+    dino_pair_losses,
+    invariance_proxy_pair_losses,
+    negative_cosine_pair_losses,
+    ntxent_pair_losses,
+)
+from .multicrop import DEFAULT_CAP, CombinationChoice, Combinations, CombinationSpace
+from .pairs import all_pairs, cross_pairs, interleaved_groups, make_pairs
+from .runner import HardViewSelector, resize_views
+from .selection import Selection, argmax_with_fallback, gather_pair, gather_views, select_hardest
+from .stats import SelectionStats, selection_stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CandidateTransform", "box_iou", "install_box_recorders", "pair_ious", "preserve_state",
+    "dino_cross_entropy", "dino_pair_losses", "invariance_proxy_pair_losses",
+    "negative_cosine_pair_losses", "ntxent_pair_losses", "DEFAULT_CAP", "CombinationChoice",
+    "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
+    "make_pairs", "HardViewSelector", "resize_views", "Selection", "argmax_with_fallback",
+    "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
+]
