@@ -1,0 +1,1 @@
+"""HVS adapter for lightly (placeholder)."""

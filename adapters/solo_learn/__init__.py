@@ -1,0 +1,1 @@
+"""HVS adapter for solo_learn (placeholder)."""
