@@ -48,6 +48,8 @@ def ntxent_pair_losses(
     keys: Optional[torch.Tensor] = None,
     memory_bank: Optional[torch.Tensor] = None,
     symmetric: bool = True,
+    all_embeddings: Optional[torch.Tensor] = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """NT-Xent / InfoNCE per sample (SimCLR; MoCo with a read-only memory bank).
 
@@ -60,6 +62,11 @@ def ntxent_pair_losses(
     ``keys[l, i]`` (momentum encoder; ``embeddings`` if ``keys`` is None), negatives the bank
     only, as lightly's ``NTXentLoss(memory_bank_size=...)``. ``symmetric`` averages both
     orientations (k→l and l→k); otherwise the loss of query view k and key view l.
+
+    Distributed SimCLR (lightly's ``gather_distributed=True``, solo-learn's gathered negatives):
+    pass ``all_embeddings: [N, M_all, D]``, every rank's embeddings gathered in rank order, and
+    ``offset``, the row of this rank's first sample in it; negatives then come from all ranks
+    exactly as in the host's step, and the losses of this rank's M samples are returned.
 
     ``embeddings``, ``keys``: ``[N, M, D]``. Returns ``[P, M]``.
     """
@@ -85,12 +92,22 @@ def ntxent_pair_losses(
     if keys is not None:
         raise ValueError("keys are only used with a memory_bank (MoCo); SimCLR uses one network")
     n, m, _ = z.shape
-    gram = torch.einsum("kid,ljd->klij", z, z) / temperature  # [N, N, M, M]
-    eye = torch.eye(m, dtype=torch.bool, device=z.device)
-    same = gram[torch.arange(n), torch.arange(n)].masked_fill(eye, float("-inf"))  # [N, M, M]
+    if all_embeddings is None:
+        zall = z
+    else:
+        zall = F.normalize(all_embeddings.detach().float().to(z.device), dim=-1)
+        if zall.dim() != 3 or zall.shape[0] != n or zall.shape[2] != z.shape[2]:
+            raise ValueError(f"all_embeddings must be [N={n}, M_all, D={z.shape[2]}], got {list(zall.shape)}")
+        if not 0 <= offset <= zall.shape[1] - m:
+            raise ValueError(f"offset {offset} leaves no room for {m} local samples in {zall.shape[1]}")
+    own = torch.arange(m, device=z.device) + offset  # column of each anchor's own sample
+    gram = torch.einsum("kid,ljd->klij", z, zall) / temperature  # [N, N, M, M_all]
+    self_mask = torch.zeros(m, zall.shape[1], dtype=torch.bool, device=z.device)
+    self_mask[torch.arange(m), own] = True
+    same = gram[torch.arange(n), torch.arange(n)].masked_fill(self_mask, float("-inf"))  # [N, M, M_all]
     lse_same = torch.logsumexp(same, dim=-1)  # [N, M]: anchor vs other samples of its own view
     lse_cross = torch.logsumexp(gram, dim=-1)  # [N, N, M]: anchor of view k vs all of view l
-    pos = gram.diagonal(dim1=-2, dim2=-1)  # [N, N, M]
+    pos = gram[..., torch.arange(m), own]  # [N, N, M]
     ce = torch.logaddexp(lse_same.unsqueeze(1), lse_cross) - pos  # [N(anchor), N(other), M]
     forward = ce[k, l]
     return 0.5 * (forward + ce[l, k]) if symmetric else forward

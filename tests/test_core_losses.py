@@ -114,3 +114,19 @@ def test_loss_input_errors():
         negative_cosine_pair_losses(torch.randn(4, 5, 8), torch.randn(4, 5, 9), pairs)
     with pytest.raises(ValueError, match="temperature"):
         ntxent_pair_losses(torch.randn(4, 5, 8), pairs, temperature=0.0)
+
+
+def test_ntxent_gathered_negatives_equal_the_full_batch(gen):
+    # Two "ranks" holding halves of the batch, negatives gathered from both (lightly's
+    # gather_distributed=True): each rank's per-sample losses are the full batch's rows.
+    z = torch.randn(N, M, D, generator=gen)
+    pairs = all_pairs(N)
+    full = ntxent_pair_losses(z, pairs, 0.3)
+    half = M // 2
+    rank0 = ntxent_pair_losses(z[:, :half], pairs, 0.3, all_embeddings=z, offset=0)
+    rank1 = ntxent_pair_losses(z[:, half:], pairs, 0.3, all_embeddings=z, offset=half)
+    assert torch.allclose(torch.cat([rank0, rank1], 1), full, atol=1e-5)
+    local_only = ntxent_pair_losses(z[:, :half], pairs, 0.3)
+    assert not torch.allclose(local_only, rank0)
+    with pytest.raises(ValueError, match="offset"):
+        ntxent_pair_losses(z[:, :half], pairs, 0.3, all_embeddings=z, offset=half + 1)
