@@ -14,6 +14,7 @@ from .losses import (
 from .multicrop import DEFAULT_CAP, CombinationChoice, Combinations, CombinationSpace
 from .pairs import all_pairs, cross_pairs, interleaved_groups, make_pairs
 from .runner import HardViewSelector, resize_views
+from .schedule import HVSSchedule
 from .selection import Selection, argmax_with_fallback, gather_pair, gather_views, select_hardest
 from .stats import SelectionStats, selection_stats
 
@@ -24,6 +25,6 @@ __all__ = [
     "dino_cross_entropy", "dino_pair_losses", "invariance_proxy_pair_losses",
     "negative_cosine_pair_losses", "ntxent_pair_losses", "DEFAULT_CAP", "CombinationChoice",
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
-    "make_pairs", "HardViewSelector", "resize_views", "Selection", "argmax_with_fallback",
+    "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
 ]
