@@ -12,7 +12,6 @@ def test_every_k_and_start_epoch():
 
 def test_probability_is_seeded_and_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
-    a = [HVSSchedule(probability=0.5, seed=1).active(i) for i in range(1)]
     s1, s2 = HVSSchedule(probability=0.5, seed=1), HVSSchedule(probability=0.5, seed=1)
     draws1 = [s1.active(i) for i in range(400)]
     assert draws1 == [s2.active(i) for i in range(400)]
@@ -22,7 +21,6 @@ def test_probability_is_seeded_and_leaves_global_rng_alone():
     nxt = [s1.active(i) for i in range(20)]
     s1.load_state_dict(saved)
     assert [s1.active(i) for i in range(20)] == nxt
-    assert a in ([True], [False])
 
 
 @pytest.mark.parametrize("kwargs", [{"every": 0}, {"probability": 1.5}, {"start_epoch": -1}])

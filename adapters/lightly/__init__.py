@@ -1,1 +1,18 @@
-"""HVS adapter for lightly (placeholder)."""
+"""Hard View Selection for lightly.
+
+    from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss
+
+    transform = CandidateViews(SimSiamTransform(input_size=32), n_views=4)
+    criterion = HVSLoss(NegativeCosineSimilarity(), n_views=4)
+    ...
+    x0, x1 = criterion.select(batch[0], model)        # BYOL/MoCo: (..., model, model.forward_momentum)
+    # DINO: views = criterion.select(batch[0], model, model.forward_teacher, epoch=epoch)
+
+Supported losses: NegativeCosineSimilarity (SimSiam, BYOL), NTXentLoss (SimCLR; MoCo with a memory
+bank, read only during selection), DINOLoss (multi-crop, 2 candidates per crop); others via
+:func:`register_pair_loss`. The demo: ``python -m hvs_plugins.adapters.lightly.demo``.
+"""
+from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
+from .transforms import CandidateViews
+
+__all__ = ["HVSLoss", "CandidateViews", "PairLossSpec", "register_pair_loss", "supported_losses"]
