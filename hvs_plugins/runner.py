@@ -107,10 +107,9 @@ class HardViewSelector:
         """
         vs = as_view_list(views, n_views)
         m = vs[0].shape[0]
-        chunk = m if self.chunk_size is None else min(self.chunk_size, m)
         per_view: list[list[list[torch.Tensor]]] = [[] for _ in vs]  # view -> chunk -> outputs
-        for start in range(0, m, chunk):
-            parts = [resize_views(v[start:start + chunk], self.resolution_scale) for v in vs]
+        for start, stop in chunk_bounds(m, self.chunk_size):
+            parts = [resize_views(v[start:stop], self.resolution_scale) for v in vs]
             with self._autocast(parts[0].device):
                 if self.joint_views:
                     outs = _as_tuple(forward(torch.cat(parts)))
@@ -147,6 +146,17 @@ class HardViewSelector:
     def choose(self, pair_losses: torch.Tensor) -> Selection:
         """Argmax per sample of ``pair_losses: [P, M]`` with this selector's generator."""
         return select_hardest(pair_losses.detach().float(), self.pairs, self.generator)
+
+
+def chunk_bounds(m: int, chunk_size: Optional[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each selection chunk over M samples. A chunk larger than the batch is
+    the whole batch; a 1-sample remainder joins the previous chunk (train-mode BatchNorm cannot
+    normalise a single sample)."""
+    chunk = m if chunk_size is None else min(chunk_size, m)
+    bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], m)]
+    return bounds
 
 
 def _as_tuple(out: Outputs) -> tuple[torch.Tensor, ...]:

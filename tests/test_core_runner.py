@@ -151,3 +151,14 @@ def test_view_count_and_shape_mismatch_are_clear_errors():
     with pytest.raises(ValueError, match="same shape"):
         sel.select(model, views, _loss, [model])
     assert model.bn.track_running_stats  # the guard is undone after an error too
+
+
+def test_chunk_bounds_cover_the_batch_and_never_leave_one_sample():
+    from hvs_plugins.runner import chunk_bounds
+
+    assert chunk_bounds(4, 3) == [(0, 4)]
+    assert chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_bounds(5, 64) == [(0, 5)]
+    assert chunk_bounds(6, None) == [(0, 6)]
+    model = TinyNet().train()  # train-mode BN would fail on a 1-sample chunk
+    HardViewSelector(4, chunk_size=3).select(model, _views(m=4), _loss, [model])

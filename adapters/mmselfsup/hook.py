@@ -1,0 +1,247 @@
+"""``HardViewSelectionHook``: Hard View Selection for MMSelfSup 1.x and MMPretrain 1.x.
+
+Config (two lines plus N views in the pipeline)::
+
+    custom_imports = dict(imports=['hvs_plugins.adapters.mmselfsup'], allow_failed_imports=False)
+    custom_hooks = [dict(type='HardViewSelectionHook', n_views=4)]
+    # and in the train pipeline: dict(type='MultiView', num_views=4, transforms=[view_pipeline])
+    # (two asymmetric pipelines, e.g. BYOL / MoCo v3: num_views=[2, 2])
+
+Before every train step the hook scores all candidate pairs of the batch with the current model
+(no gradients; parameters, BatchNorm running statistics, queues, momentum networks and the global
+RNG are left untouched), picks per sample the pair with the highest loss and replaces
+``data_batch['inputs']`` by that pair of raw views. The algorithm's own ``train_step`` then runs
+on its usual 2 views: optimisation, EMA updates, queues, logging and checkpoints are unchanged.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence, Union
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from hvs_plugins import HardViewSelector, selection_stats
+
+from .scoring import SUPPORTED, check_supported, score_pairs
+
+DATA_BATCH = Optional[Union[dict, tuple, list]]
+
+
+def _unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+def _iter_datasets(dataset, depth: int = 0):
+    """The dataset and the datasets it wraps (ConcatDataset, RepeatDataset, ClassBalancedDataset, ...)."""
+    if dataset is None or depth > 8:
+        return
+    yield dataset
+    for attr in ("dataset", "datasets"):
+        inner = getattr(dataset, attr, None)
+        if isinstance(inner, (list, tuple)):
+            for d in inner:
+                yield from _iter_datasets(d, depth + 1)
+        elif inner is not None and inner is not dataset:
+            yield from _iter_datasets(inner, depth + 1)
+
+
+def find_multiviews(dataset) -> list:
+    """Every ``MultiView`` transform in the (possibly wrapped) dataset's pipeline."""
+    found = []
+    for ds in _iter_datasets(dataset):
+        pipeline = getattr(ds, "pipeline", None)
+        for t in getattr(pipeline, "transforms", None) or []:
+            if type(t).__name__ == "MultiView" and hasattr(t, "num_views"):
+                found.append(t)
+    return found
+
+
+class HardViewSelectionHook(Hook):
+    """Hard View Selection (Ferreira et al., 2023) as an mmengine hook.
+
+    Args:
+        n_views: candidate views per image (the paper: 4); must equal the pipeline's
+            ``MultiView`` ``num_views`` (its sum for two pipelines).
+        resolution_scale: select on downscaled copies (e.g. 0.5); training uses the full views.
+        chunk_size: samples per selection forward (memory cap; BatchNorm then sees chunks).
+        joint_views: one forward of all N views (faster; BatchNorm sees N·B views; not exact).
+        autocast_dtype: e.g. ``'bfloat16'`` for the selection forward only.
+        interval: select every ``interval``-th iteration (1 = every step); other steps train on
+            the first candidate pair.
+        simclr_pair_forward: SimCLR forwards both views of a pair as one BatchNorm batch; True
+            (default) repeats that per pair (exact scores, P forwards of 2B views), False scores
+            each view alone (N forwards of B views; approximate).
+        seed: seed of the selector's own generator (only used for all-non-finite fallbacks).
+        log_stats: put ``hvs/*`` scalars into the MessageHub (and so the log).
+    """
+
+    priority = "NORMAL"
+
+    def __init__(
+        self,
+        n_views: int = 4,
+        resolution_scale: float = 1.0,
+        chunk_size: Optional[int] = None,
+        joint_views: bool = False,
+        autocast_dtype: Optional[Union[str, torch.dtype]] = None,
+        interval: int = 1,
+        simclr_pair_forward: bool = True,
+        seed: int = 0,
+        log_stats: bool = True,
+    ) -> None:
+        if isinstance(autocast_dtype, str):
+            autocast_dtype = getattr(torch, autocast_dtype, None)
+            if not isinstance(autocast_dtype, torch.dtype):
+                raise ValueError("autocast_dtype must name a torch dtype such as 'bfloat16' or 'float16'")
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an int >= 1, got {interval!r}")
+        # validates n_views, resolution_scale, chunk_size, autocast_dtype now (config errors early)
+        HardViewSelector(n_views, resolution_scale=resolution_scale, chunk_size=chunk_size,
+                         joint_views=joint_views, autocast_dtype=autocast_dtype, seed=seed)
+        self.n_views = n_views
+        self.resolution_scale = resolution_scale
+        self.chunk_size = chunk_size
+        self.joint_views = joint_views
+        self.autocast_dtype = autocast_dtype
+        self.interval = interval
+        self.simclr_pair_forward = simclr_pair_forward
+        self.seed = seed
+        self.log_stats = log_stats
+        self.selector: Optional[HardViewSelector] = None
+        self.algorithm: Optional[str] = None
+        self.groups: Optional[list[list[int]]] = None
+        self._pending_state: Optional[dict] = None
+        self.last_selection = None  # the latest Selection (for inspection and tests)
+
+    # ------------------------------------------------------------------ setup
+    def before_run(self, runner) -> None:
+        self.algorithm = check_supported(_unwrap(runner.model))
+        loading = getattr(runner, "_resume", False) or getattr(runner, "_load_from", None)
+        if loading and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
+            # mmengine 0.10 checkpoints hold numpy/python objects: torch >= 2.6 refuses them with its
+            # default weights_only=True load ("Weights only load failed"). The run resumes (or
+            # loads) an mmengine checkpoint, so allow the full load for this process.
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+            runner.logger.warning(
+                "HardViewSelectionHook: set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 so that mmengine can "
+                "resume / load its checkpoint under torch >= 2.6 (only load checkpoints you trust)"
+            )
+
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        self.algorithm = check_supported(model)
+        self.groups = self._check_pipeline(runner)
+        ordered = self.algorithm == "MoCo" and self.groups is None  # query/key asymmetric
+        self.selector = HardViewSelector(
+            self.n_views, groups=self.groups, ordered=ordered,
+            resolution_scale=self.resolution_scale, chunk_size=self.chunk_size,
+            joint_views=self.joint_views, autocast_dtype=self.autocast_dtype, seed=self.seed,
+        )
+        if self._pending_state is not None:
+            self.selector.load_state_dict(self._pending_state)
+            self._pending_state = None
+        runner.logger.info(
+            f"HardViewSelectionHook: {self.algorithm}, {self.n_views} candidate views, "
+            f"{self.selector.pairs.shape[0]} pairs"
+            + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
+            + (", ordered query/key" if ordered else "")
+        )
+
+    def _check_pipeline(self, runner) -> Optional[list[list[int]]]:
+        loader = getattr(runner.train_loop, "dataloader", None)
+        dataset = getattr(loader, "dataset", None)
+        views = find_multiviews(dataset)
+        if not views:
+            runner.logger.warning(
+                "HardViewSelectionHook: no MultiView transform found in the train pipeline; the view "
+                f"count ({self.n_views} expected) is checked on every batch instead"
+            )
+            return None
+        counts = {tuple(v.num_views) for v in views}
+        if len(counts) > 1:
+            raise ValueError(f"HardViewSelectionHook: the train datasets disagree on MultiView num_views: {sorted(counts)}")
+        num_views = list(views[0].num_views)
+        if sum(num_views) != self.n_views:
+            fix = (
+                f"num_views={self.n_views}" if len(num_views) == 1
+                else f"num_views=[{self.n_views // 2}, {self.n_views // 2}]"
+            )
+            raise ValueError(
+                f"HardViewSelectionHook(n_views={self.n_views}) needs {self.n_views} candidate views "
+                f"per image, but the train pipeline's MultiView makes num_views={views[0].num_views} "
+                f"(= {sum(num_views)}). Set {fix} in MultiView (train_dataloader.dataset.pipeline), "
+                f"or n_views={sum(num_views)} in the hook."
+            )
+        if len(num_views) == 1:
+            return None
+        if len(num_views) == 2:
+            if min(num_views) < 1:
+                raise ValueError(f"MultiView num_views={num_views}: both pipelines need >= 1 candidate")
+            return [list(range(num_views[0])), list(range(num_views[0], sum(num_views)))]
+        raise ValueError(
+            f"HardViewSelectionHook supports MultiView with one pipeline or two (asymmetric "
+            f"augmentation), got {len(num_views)} pipelines (num_views={num_views}); multi-crop "
+            "layouts are not supported by this hook"
+        )
+
+    # -------------------------------------------------------------- selection
+    def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        if self.selector is None or not isinstance(data_batch, dict):
+            return
+        inputs = data_batch.get("inputs")
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != self.n_views:
+            got = len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__
+            raise ValueError(
+                f"HardViewSelectionHook(n_views={self.n_views}) got {got} views in the batch: the "
+                f"train pipeline must emit {self.n_views} views (MultiView num_views), e.g. "
+                f"dict(type='MultiView', num_views={self.n_views}, transforms=[view_pipeline])"
+            )
+        if (runner.iter if hasattr(runner, "iter") else batch_idx) % self.interval:
+            a, b = self.selector.pairs[0].tolist()
+            data_batch["inputs"] = [inputs[a], inputs[b]]
+            return
+        start = time.perf_counter()
+        model = _unwrap(runner.model)
+        with self.selector.scoring([model]):
+            views = self._preprocess(model, list(inputs))
+            losses = score_pairs(self.algorithm, model, self.selector, views,
+                                 simclr_pair_forward=self.simclr_pair_forward)
+        selection = self.selector.choose(losses)
+        view_a, view_b = selection.gather(list(inputs))
+        data_batch["inputs"] = [view_a, view_b]
+        self.last_selection = selection
+        if self.log_stats:
+            hub = runner.message_hub
+            for key, value in selection_stats(selection).as_dict("train/hvs/").items():
+                hub.update_scalar(key, value)
+            hub.update_scalar("train/hvs/time", time.perf_counter() - start)
+
+    @staticmethod
+    def _preprocess(model, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The model's own data preprocessor on the N raw views (scoring only; training
+        preprocesses the selected pair as usual)."""
+        out = model.data_preprocessor({"inputs": list(inputs), "data_samples": None}, True)
+        views = out["inputs"] if isinstance(out, dict) else out[0]
+        if not isinstance(views, (list, tuple)):
+            raise TypeError(f"the data preprocessor returned {type(views).__name__}, expected a list of views")
+        return list(views)
+
+    # ------------------------------------------------------------ checkpoints
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.selector is not None:
+            checkpoint["hvs_selector"] = self.selector.state_dict()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get("hvs_selector")
+        if state is None:
+            return
+        if self.selector is not None:
+            self.selector.load_state_dict(state)
+        else:
+            self._pending_state = state
+
+
+__all__ = ["HardViewSelectionHook", "SUPPORTED", "find_multiviews"]
