@@ -1,0 +1,311 @@
+"""The method wrapper: a solo-learn method class → its HVS version.
+
+``make_hvs_method(cls)`` returns a subclass whose ``training_step`` receives the candidate crops
+(``n_views`` large candidates, then the small candidates), scores every pair (DINO multi-crop:
+every combination, capped or exact) with the method's own modules under the core's
+side-effect guard, and calls the method's own ``training_step`` with the crops it expects (2 large
+crops, plus the small crops). Everything else (online linear probe, kNN, momentum updates in
+``on_train_batch_end``, schedulers, logging, checkpoints) is the method's own.
+
+This module does not import solo-learn: the wrapper reads the method's attributes (``forward``,
+``momentum_forward``, ``queue``, ``find_nn``, ``dino_loss_func``, ...), so it can be unit-tested
+with a stand-in class.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from hvs_plugins import (
+    CombinationSpace,
+    HardViewSelector,
+    HVSSchedule,
+    dino_cross_entropy,
+    dino_pair_losses,
+    gather_views,
+    invariance_proxy_pair_losses,
+    negative_cosine_pair_losses,
+    ntxent_pair_losses,
+    selection_stats,
+)
+
+from .config import HVSConfig, check_method, parse_hvs_config
+from .layout import CandidateLayout, candidate_layout
+from .scoring import byol_pair_losses, mocov2plus_pair_losses, mocov3_pair_losses, nnclr_pair_losses
+
+
+def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x: [N, M, D]`` → every rank's ``[N, M·W, D]`` in rank order and this rank's offset
+    (solo-learn gathers negatives over ranks). Identity without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=1), dist.get_rank() * x.shape[1]
+
+
+class HVSMethodMixin:
+    """Mixed in before a solo-learn method class by :func:`make_hvs_method`."""
+
+    hvs_method_name: str = ""
+
+    def __init__(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, *args, **kwargs)
+        self._hvs_setup(cfg)
+
+    # ------------------------------------------------------------------ setup
+    def _hvs_setup(self, cfg: Any) -> None:
+        method = str(cfg.method)
+        hvs = parse_hvs_config(cfg.hvs)
+        self.hvs_config: HVSConfig = hvs
+        self.hvs_mode = check_method(method, hvs)
+        self.hvs_method_name = method
+        if getattr(self, "num_large_crops", 2) != 2:
+            raise ValueError(
+                f"the method was built with num_large_crops={self.num_large_crops}; with HVS it must "
+                "see 2 (pass the config through hvs_parse_cfg, which resets cfg.data.num_large_crops to 2)"
+            )
+        layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(method == "dino"))
+        if layout.n_small != getattr(self, "num_small_crops", layout.n_small):
+            raise ValueError(
+                f"the method expects {self.num_small_crops} small crops but the data pipeline gives "
+                f"{layout.n_small_candidates} small candidates: build the config with hvs_parse_cfg"
+            )
+        if layout.n_small and method != "dino":
+            raise ValueError(
+                f"HVS with small crops (multi-crop) is supported for DINO only, not {method!r}: set the "
+                "small pipelines' num_crops to 0 or remove the hvs block"
+            )
+        self.hvs_layout: CandidateLayout = layout
+        self.hvs_selector = HardViewSelector(
+            n_views=hvs.n_views,
+            groups=layout.groups,
+            ordered=(method == "mocov2plus"),  # crop 1 and crop 2 meet different queue halves
+            resolution_scale=hvs.resolution_scale,
+            chunk_size=hvs.chunk_size,
+            joint_views=hvs.joint_views,
+            autocast_dtype=hvs.autocast_dtype,
+            seed=hvs.seed,
+        )
+        self.hvs_schedule = HVSSchedule(
+            every=hvs.every, probability=hvs.probability, start_epoch=hvs.start_epoch, seed=hvs.seed
+        )
+        self.hvs_space: Optional[CombinationSpace] = None
+        self._hvs_global_order: Optional[torch.Tensor] = None
+        if method == "dino" and layout.n_small:
+            pairing = hvs.global_pairing or ("cross" if layout.groups else "any")
+            if pairing == "cross":
+                if not layout.groups:
+                    raise ValueError(
+                        "hvs.global_pairing 'cross' needs two large (global) pipelines; with one use 'any'"
+                    )
+                g0, g1 = layout.groups
+                if len(g0) != len(g1):
+                    raise ValueError(f"the two global pipelines give {len(g0)} and {len(g1)} candidates")
+                # CombinationSpace's 'cross' expects alternating pipelines (even = pipeline 1)
+                self._hvs_global_order = torch.tensor([i for ab in zip(g0, g1) for i in ab])
+            self.hvs_space = CombinationSpace(
+                n_global_candidates=hvs.n_views,
+                n_local_candidates=layout.n_small_candidates,
+                n_local=layout.n_small,
+                global_pairing=pairing,
+            )
+            # solo-learn's DINO ignores small crops: give them the head and count them in the loss
+            self.dino_loss_func.num_large_crops = 2 + layout.n_small
+        self.hvs_last: dict = {}
+
+    # --------------------------------------------------------------- DINO crops
+    def multicrop_forward(self, X: torch.Tensor) -> dict:
+        out = super().multicrop_forward(X)
+        if self.hvs_space is not None and "z" not in out:
+            out["z"] = self.head(out["feats"])
+        return out
+
+    # ----------------------------------------------------------- the training step
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> Any:
+        indexes, X, targets = batch
+        X = [X] if isinstance(X, torch.Tensor) else list(X)
+        crops = self.hvs_select(X)
+        return super().training_step([indexes, crops, targets], batch_idx)
+
+    def hvs_scoring_modules(self) -> list[torch.nn.Module]:
+        """Networks the selection forward touches (the guard saves/restores their buffers). The
+        method's own top-level buffers (queues) are only read by the scorers, never written."""
+        return list(self.children())
+
+    def hvs_select(self, X: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Candidate crops → the crops the method's ``training_step`` expects."""
+        layout = self.hvs_layout
+        if len(X) != layout.n_crops_in:
+            raise ValueError(
+                f"HVS expected {layout.n_crops_in} crops per batch ({layout.n_views} large candidates"
+                f" + {layout.n_small_candidates} small), got {len(X)}: the data pipeline does not "
+                "produce the candidates; run through hvs_plugins.adapters.solo_learn.launch"
+            )
+        large, small = list(X[: layout.n_views]), list(X[layout.n_views:])
+        if not getattr(self, "_hvs_announced", False):
+            self._hvs_announced = True
+            print(
+                f"[hvs] first selection by {type(self).__name__}: {layout.n_views} large candidates + "
+                f"{layout.n_small_candidates} small -> {layout.n_crops_out} crops ({self.hvs_mode} scores)"
+            )
+        step, epoch = int(getattr(self, "global_step", 0)), int(getattr(self, "current_epoch", 0))
+        if not self.hvs_schedule.active(step, epoch):
+            return self._hvs_plain(large, small)
+        if self.hvs_space is not None:
+            return self._hvs_select_multicrop(large, small)
+        sel = self.hvs_selector
+        with sel.scoring(self.hvs_scoring_modules()):
+            outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
+            losses = self.hvs_pair_losses(outputs, sel.pairs)
+        selection = sel.choose(losses)
+        view_a, view_b = selection.gather(large)
+        self.hvs_last = {"selection": selection, "pair_losses": losses}
+        if self.hvs_config.log_stats:
+            self._hvs_log(selection_stats(selection).as_dict())
+        return [view_a, view_b] + small
+
+    def _hvs_plain(self, large: list[torch.Tensor], small: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A step without HVS (schedule): the first candidate of each slot, i.e. a random pair."""
+        groups = self.hvs_layout.groups
+        a, b = (groups[0][0], groups[1][0]) if groups else (0, 1)
+        self.hvs_last = {"skipped": True}
+        return [large[a], large[b]] + small[: self.hvs_layout.n_small]
+
+    def _hvs_forward_fn(self) -> Callable[[torch.Tensor], Any]:
+        m = self.hvs_method_name
+        if m in ("simsiam", "nnsiam", "nnclr"):
+            return lambda x: (lambda o: (o["p"], o["z"]))(self(x))
+        if m == "byol":
+            return lambda x: (self(x)["p"], self.momentum_forward(x)["z"])
+        if m == "mocov2plus":
+            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
+        if m == "mocov3":
+            return lambda x: (self(x)["q"], self.momentum_forward(x)["k"])
+        if m == "dino":  # student, teacher
+            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
+        return lambda x: self(x)["z"]  # simclr, proxy methods
+
+    def _hvs_nn(self, z: torch.Tensor) -> torch.Tensor:
+        n, mm, d = z.shape
+        _, nn = self.find_nn(z.reshape(n * mm, d).to(self.queue.dtype))  # read-only queue lookup
+        return nn.reshape(n, mm, -1).float()
+
+    def hvs_pair_losses(self, outputs: Sequence[torch.Tensor], pairs: torch.Tensor) -> torch.Tensor:
+        """Per-sample pair losses ``[P, M]`` from the stacked per-view outputs."""
+        m = self.hvs_method_name
+        if self.hvs_mode == "proxy":
+            return invariance_proxy_pair_losses(outputs[0], pairs)  # PROXY, labelled in the logs
+        if m == "simsiam":
+            p, z = outputs
+            return negative_cosine_pair_losses(p, z, pairs)
+        if m == "nnsiam":
+            p, z = outputs
+            return negative_cosine_pair_losses(p, self._hvs_nn(z), pairs)
+        if m == "byol":
+            return byol_pair_losses(outputs[0], outputs[1], pairs)
+        if m == "simclr":
+            (z,) = outputs
+            zall, offset = _gather_all(z)
+            return ntxent_pair_losses(z, pairs, float(self.temperature), all_embeddings=zall, offset=offset)
+        if m == "mocov2plus":
+            q, k = outputs
+            return mocov2plus_pair_losses(q, k, pairs, self.queue.detach(), float(self.temperature))
+        if m == "mocov3":
+            q, k = outputs
+            kall, offset = _gather_all(k)
+            return mocov3_pair_losses(q, k, pairs, float(self.temperature), kall, offset)
+        if m == "nnclr":
+            p, z = outputs
+            pall, offset = _gather_all(p)
+            return nnclr_pair_losses(self._hvs_nn(z), p, pairs, float(self.temperature), pall, offset)
+        if m == "dino":
+            student, teacher = outputs
+            ce = dino_cross_entropy(teacher, student, *self._hvs_dino_temps())
+            return dino_pair_losses(ce, pairs)
+        raise ValueError(f"no HVS scorer for method {m!r}")  # pragma: no cover - check_method guards
+
+    def _hvs_dino_temps(self) -> tuple[torch.Tensor, float, float]:
+        loss = self.dino_loss_func
+        return loss.center, float(loss.teacher_temp_schedule[loss.epoch]), float(loss.student_temp)
+
+    def _hvs_select_multicrop(self, large: list[torch.Tensor], small: list[torch.Tensor]) -> list[torch.Tensor]:
+        sel, space = self.hvs_selector, self.hvs_space
+        order = self._hvs_global_order
+        glob = large if order is None else [large[i] for i in order.tolist()]
+        with sel.scoring(self.hvs_scoring_modules()):
+            student_g, teacher = sel.forward_views(self._hvs_forward_fn(), glob)
+            student_l = (
+                sel.forward_views(lambda x: self.multicrop_forward(x)["z"], small)[0]
+                if small else student_g[:0]
+            )
+            ce = dino_cross_entropy(teacher, torch.cat([student_g, student_l]), *self._hvs_dino_temps())
+        if self.hvs_config.exact:
+            choice = space.exact_search(ce, sel.generator)
+        else:
+            choice = space.search(ce, self.hvs_config.cap, sel.generator)
+        g = choice.globals_ if order is None else order[choice.globals_]
+        view_a, view_b = gather_views(large, g)
+        locals_ = gather_views(small, choice.locals_) if small else []
+        self.hvs_last = {"choice": choice, "ce": ce, "globals": g, "locals": choice.locals_}
+        if self.hvs_config.log_stats:
+            finite = torch.isfinite(choice.candidate_losses)
+            self._hvs_log({
+                "hvs/selected_loss": float(choice.losses.mean()),
+                "hvs/pair_loss": float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan"),
+                "hvs/fallbacks": float(choice.fallback.sum()),
+                "hvs/combinations": float(choice.n_evaluated),
+            })
+        return [view_a, view_b] + locals_
+
+    def _hvs_log(self, stats: dict) -> None:
+        if getattr(self, "_trainer", None) is None:
+            return  # outside a Trainer (unit tests, manual calls)
+        if self.hvs_mode == "proxy":
+            stats = {k.replace("hvs/", "hvs_proxy/", 1): v for k, v in stats.items()}
+        self.log_dict(stats, on_step=True, on_epoch=False, sync_dist=False)
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super_hook = getattr(super(), "on_save_checkpoint", None)
+        if super_hook is not None:
+            super_hook(checkpoint)
+        checkpoint["hvs_selector"] = self.hvs_selector.state_dict()
+        checkpoint["hvs_schedule"] = self.hvs_schedule.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super_hook = getattr(super(), "on_load_checkpoint", None)
+        if super_hook is not None:
+            super_hook(checkpoint)
+        if "hvs_selector" in checkpoint:
+            self.hvs_selector.load_state_dict(checkpoint["hvs_selector"])
+        if "hvs_schedule" in checkpoint:
+            self.hvs_schedule.load_state_dict(checkpoint["hvs_schedule"])
+
+
+@lru_cache(maxsize=None)
+def make_hvs_method(cls: type) -> type:
+    """The HVS version of a solo-learn method class (cached: one subclass per class)."""
+    if issubclass(cls, HVSMethodMixin):
+        return cls
+    return type(f"HVS{cls.__name__}", (HVSMethodMixin, cls), {"__module__": __name__, "__doc__": (
+        f"{cls.__name__} with Hard View Selection (hvs_plugins): training_step receives the "
+        "candidate crops and trains on the hardest pair per sample."
+    )})
+
+
+def __getattr__(name: str) -> type:
+    """``HVS<Method>`` classes by name (pickling, e.g. Lightning's ddp_spawn): resolved from
+    solo-learn's ``METHODS`` on first use."""
+    if name.startswith("HVS") and len(name) > 3:
+        try:
+            from solo.methods import METHODS
+        except ImportError:
+            raise AttributeError(name) from None
+        for cls in METHODS.values():
+            if cls.__name__ == name[3:]:
+                return make_hvs_method(cls)
+    raise AttributeError(name)

@@ -1,0 +1,85 @@
+"""Per-sample pair losses of solo-learn's objectives (torch + the core only; no solo-learn import).
+
+Each function maps stacked per-view outputs ``[N, M, D]`` and ``pairs: [P, 2]`` to ``[P, M]`` whose
+mean over samples equals solo-learn's loss on that pair with view ``pairs[p, 0]`` as crop 1 and
+``pairs[p, 1]`` as crop 2 (the exactness the integration tests check against solo-learn's own
+loss functions).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from hvs_plugins import negative_cosine_pair_losses, ntxent_pair_losses
+
+
+def byol_pair_losses(p: torch.Tensor, z_momentum: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """solo-learn BYOL: ``byol(P2, Zm1) + byol(P1, Zm2)`` with ``byol = 2 − 2·cos`` →
+    per sample ``4 + 4·½(−cos(p_a, zm_b) − cos(p_b, zm_a))``."""
+    return 4.0 + 4.0 * negative_cosine_pair_losses(p, z_momentum, pairs)
+
+
+def cross_view_infonce(
+    anchors: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    all_targets: Optional[torch.Tensor] = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """``ce[a, b, i]`` = cross-entropy of anchor ``anchors[a, i]`` against all targets of view b
+    (``all_targets[b]``: every rank's targets, this rank's at rows ``offset..offset+M``), the
+    positive being its own sample (solo-learn's MoCo v3 and NNCLR losses). ``[N, N, M]``."""
+    q = F.normalize(anchors.float(), dim=-1)
+    kall = F.normalize((targets if all_targets is None else all_targets).float().to(q.device), dim=-1)
+    n, m, _ = q.shape
+    if kall.dim() != 3 or kall.shape[0] != n or kall.shape[2] != q.shape[2]:
+        raise ValueError(f"targets must be [N={n}, M_all, D={q.shape[2]}], got {list(kall.shape)}")
+    logits = torch.einsum("amd,bjd->abmj", q, kall) / temperature  # [N, N, M, M_all]
+    own = torch.arange(m, device=q.device) + offset
+    pos = logits[..., torch.arange(m, device=q.device), own]  # [N, N, M]
+    return torch.logsumexp(logits, dim=-1) - pos
+
+
+def mocov3_pair_losses(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    pairs: torch.Tensor,
+    temperature: float,
+    all_keys: Optional[torch.Tensor] = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """solo-learn MoCo v3: ``2τ·(CE(q_a, K_b) + CE(q_b, K_a))`` per sample (in-batch keys of the
+    momentum encoder, gathered over ranks)."""
+    ce = cross_view_infonce(q, k, temperature, all_keys, offset)
+    a, b = pairs[:, 0].to(ce.device), pairs[:, 1].to(ce.device)
+    return 2.0 * temperature * (ce[a, b] + ce[b, a])
+
+
+def nnclr_pair_losses(
+    nn: torch.Tensor,
+    p: torch.Tensor,
+    pairs: torch.Tensor,
+    temperature: float,
+    all_p: Optional[torch.Tensor] = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """solo-learn NNCLR: ``½·CE(nn_a, P_b) + ½·CE(nn_b, P_a)`` per sample (``nn``: nearest
+    neighbours of the normalised projections in the read-only support queue)."""
+    ce = cross_view_infonce(nn, p, temperature, all_p, offset)
+    a, b = pairs[:, 0].to(ce.device), pairs[:, 1].to(ce.device)
+    return 0.5 * (ce[a, b] + ce[b, a])
+
+
+def mocov2plus_pair_losses(
+    q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """solo-learn MoCo v2+: ``½·(CE(q_a, k_b; queue[1]) + CE(q_b, k_a; queue[0]))`` per sample.
+    ``queue: [2, D, K]`` (read only): crop 1's loss uses the second half, crop 2's the first, so the
+    pair is ordered (score ordered pairs)."""
+    if queue.dim() != 3 or queue.shape[0] != 2:
+        raise ValueError(f"MoCo v2+ queue must be [2, D, K], got {list(queue.shape)}")
+    fwd = ntxent_pair_losses(q, pairs, temperature, keys=k, memory_bank=queue[1].t(), symmetric=False)
+    bwd = ntxent_pair_losses(q, pairs.flip(1), temperature, keys=k, memory_bank=queue[0].t(), symmetric=False)
+    return 0.5 * (fwd + bwd)

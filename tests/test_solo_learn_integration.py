@@ -1,0 +1,494 @@
+"""solo-learn integration: the HVS method wrapper against the real solo-learn (1.0.6 from its
+repository). Skipped, with the reason shown, where solo-learn is not importable (CI).
+
+- per method: the per-sample pair losses' mean equals solo-learn's own loss function on that pair;
+- selection leaves every parameter, buffer (BN stats, queues, DINO center) and the RNG bitwise unchanged;
+- a real training_step with HVS trains on the selected pair;
+- one short epoch of solo-learn's main_pretrain.py through the launcher on a tiny image folder (CPU).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+solo = pytest.importorskip(
+    "solo",
+    reason="solo-learn is not installed (the registry has no usable build): install it from its "
+    "repository, see docs/solo_learn.md, to run the solo-learn integration tests",
+)
+from omegaconf import OmegaConf  # noqa: E402
+from solo.args.pretrain import parse_cfg  # noqa: E402
+from solo.losses.byol import byol_loss_func  # noqa: E402
+from solo.losses.mocov2plus import mocov2plus_loss_func  # noqa: E402
+from solo.losses.mocov3 import mocov3_loss_func  # noqa: E402
+from solo.losses.nnclr import nnclr_loss_func  # noqa: E402
+from solo.losses.simclr import simclr_loss_func  # noqa: E402
+from solo.losses.simsiam import simsiam_loss_func  # noqa: E402
+from solo.methods import METHODS  # noqa: E402
+
+from hvs_plugins import preserve_state  # noqa: E402
+from hvs_plugins.adapters.solo_learn import hvs_parse_cfg, make_hvs_method  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SOLO_GIT_DIR = Path("/work/.mirror/vturrisi+solo-learn/repo")
+M, SIZE, SMALL = 8, 16, 8
+
+KWARGS = {
+    "simsiam": dict(proj_hidden_dim=64, proj_output_dim=32, pred_hidden_dim=16),
+    "nnsiam": dict(proj_hidden_dim=64, proj_output_dim=32, pred_hidden_dim=16, queue_size=64),
+    "simclr": dict(proj_hidden_dim=64, proj_output_dim=32, temperature=0.2),
+    "byol": dict(proj_hidden_dim=64, proj_output_dim=32, pred_hidden_dim=64),
+    "mocov2plus": dict(proj_hidden_dim=64, proj_output_dim=32, temperature=0.2, queue_size=64),
+    "mocov3": dict(proj_hidden_dim=64, proj_output_dim=32, pred_hidden_dim=64, temperature=0.2),
+    "nnclr": dict(proj_hidden_dim=64, proj_output_dim=32, pred_hidden_dim=64, temperature=0.2, queue_size=64),
+    "dino": dict(proj_hidden_dim=64, proj_output_dim=32, num_prototypes=128),
+    "barlow_twins": dict(proj_hidden_dim=64, proj_output_dim=32),
+    "vicreg": dict(proj_hidden_dim=64, proj_output_dim=32),
+}
+ASYMMETRIC = {"byol", "mocov2plus", "mocov3", "dino"}  # as in solo-learn's cifar scripts
+
+
+def _aug(crop_size: int, num_crops: int, solarization: float = 0.0) -> dict:
+    return {
+        "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+        "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+        "grayscale": {"prob": 0.2},
+        "gaussian_blur": {"prob": 0.0},
+        "solarization": {"prob": solarization},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "crop_size": crop_size,
+        "num_crops": num_crops,
+    }
+
+
+def base_cfg(method: str, hvs: dict | None = None, small: int = 0, asymmetric: bool | None = None,
+             size: int = SIZE) -> dict:
+    asymmetric = method in ASYMMETRIC if asymmetric is None else asymmetric
+    augs = [_aug(size, 1), _aug(size, 1, 0.2)] if asymmetric else [_aug(size, 2)]
+    if small:
+        augs.append(_aug(size // 2, small))
+    cfg = {
+        "name": f"hvs-{method}",
+        "method": method,
+        "backbone": {"name": "resnet18"},
+        "method_kwargs": dict(KWARGS[method]),
+        "momentum": {"base_tau": 0.99, "final_tau": 1.0},
+        "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
+        "augmentations": augs,
+        "optimizer": {"name": "sgd", "batch_size": M, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
+        "scheduler": {"name": "none"},
+        "checkpoint": {"enabled": False},
+        "auto_resume": {"enabled": False},
+        "max_epochs": 2,
+        "devices": "1",
+        "accelerator": "cpu",
+        "strategy": "auto",
+        "precision": 32,
+    }
+    if hvs is not None:
+        cfg["hvs"] = hvs
+    return cfg
+
+
+def build(method: str, hvs: dict | None = None, **kw):
+    cfg = OmegaConf.create(base_cfg(method, hvs if hvs is not None else {"n_views": 4}, **kw))
+    OmegaConf.set_struct(cfg, False)
+    cfg = hvs_parse_cfg(parse_cfg)(cfg)
+    torch.manual_seed(0)
+    model = make_hvs_method(METHODS[method])(cfg)
+    model.train()
+    return model, cfg
+
+
+def candidates(model, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    lay = model.hvs_layout
+    large = [torch.randn(M, 3, SIZE, SIZE, generator=g) for _ in range(lay.n_views)]
+    small = [torch.randn(M, 3, SIZE // 2, SIZE // 2, generator=g) for _ in range(lay.n_small_candidates)]
+    return [torch.arange(M), large + small, torch.randint(0, 10, (M,), generator=g)]
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def reference_loss(model, method: str, xa: torch.Tensor, xb: torch.Tensor) -> float:
+    """solo-learn's own loss function (what the method's training_step computes) on crops (a, b)."""
+    with preserve_state([model]), torch.no_grad():
+        oa, ob = model(xa), model(xb)
+        if method == "simsiam":
+            loss = simsiam_loss_func(oa["p"], ob["z"]) / 2 + simsiam_loss_func(ob["p"], oa["z"]) / 2
+        elif method == "nnsiam":
+            _, nn_a = model.find_nn(oa["z"])
+            _, nn_b = model.find_nn(ob["z"])
+            loss = simsiam_loss_func(oa["p"], nn_b) / 2 + simsiam_loss_func(ob["p"], nn_a) / 2
+        elif method == "simclr":
+            idx = torch.arange(M).repeat(2)
+            loss = simclr_loss_func(torch.cat([oa["z"], ob["z"]]), indexes=idx, temperature=model.temperature)
+        elif method == "byol":
+            ka, kb = model.momentum_forward(xa)["z"], model.momentum_forward(xb)["z"]
+            loss = byol_loss_func(ob["p"], ka) + byol_loss_func(oa["p"], kb)
+        elif method == "mocov2plus":
+            ka, kb = model.momentum_forward(xa)["z"], model.momentum_forward(xb)["z"]
+            queue = model.queue.clone().detach()
+            loss = (
+                mocov2plus_loss_func(oa["z"], kb, queue[1], model.temperature)
+                + mocov2plus_loss_func(ob["z"], ka, queue[0], model.temperature)
+            ) / 2
+        elif method == "mocov3":
+            ka, kb = model.momentum_forward(xa)["k"], model.momentum_forward(xb)["k"]
+            loss = mocov3_loss_func(oa["q"], kb, model.temperature) + mocov3_loss_func(ob["q"], ka, model.temperature)
+        elif method == "nnclr":
+            _, nn_a = model.find_nn(oa["z"])
+            _, nn_b = model.find_nn(ob["z"])
+            loss = nnclr_loss_func(nn_a, ob["p"], model.temperature) / 2 + nnclr_loss_func(nn_b, oa["p"], model.temperature) / 2
+        elif method == "dino":
+            ta, tb = model.momentum_forward(xa)["z"], model.momentum_forward(xb)["z"]
+            loss_fn = copy.deepcopy(model.dino_loss_func)  # its forward updates the center
+            loss = loss_fn(torch.cat([oa["z"], ob["z"]]), torch.cat([ta, tb]))
+        else:
+            raise AssertionError(method)
+    return float(loss)
+
+
+EXACT = ["simsiam", "simclr", "byol", "mocov2plus", "mocov3", "nnclr", "nnsiam", "dino"]
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_pair_losses_equal_solo_learn_loss(method):
+    torch.set_num_threads(1)
+    model, _ = build(method)
+    if hasattr(model, "queue") and method in ("nnclr", "nnsiam"):
+        model.queue.copy_(torch.nn.functional.normalize(torch.randn_like(model.queue), dim=-1))
+    batch = candidates(model)
+    large = batch[1][: model.hvs_layout.n_views]
+    model.hvs_select(batch[1])
+    sel = model.hvs_last["selection"]
+    pairs, losses = sel.pairs, sel.pair_losses
+    assert losses.shape == (pairs.shape[0], M)
+    expected_p = {"mocov2plus": 8, "byol": 4, "mocov3": 4, "dino": 4}.get(method, 6)
+    assert pairs.shape[0] == expected_p
+    for p in range(pairs.shape[0]):
+        a, b = pairs[p].tolist()
+        ref = reference_loss(model, method, large[a], large[b])
+        got = float(losses[p].mean())
+        assert got == pytest.approx(ref, rel=1e-4, abs=1e-5), (method, a, b)
+    # argmax per sample
+    assert torch.equal(sel.index, losses.argmax(0))
+
+
+def test_dino_multicrop_combination_equals_solo_dino_loss():
+    """DINO 2 global + 4 local crops, candidates 4 global + 8 local: a combination's per-sample mean
+    equals solo-learn's DINOLoss (with the small crops counted) on those crops."""
+    torch.set_num_threads(1)
+    model, _ = build("dino", {"n_views": 4, "cap": 16}, small=4)
+    assert model.hvs_space is not None and model.dino_loss_func.num_large_crops == 6
+    batch = candidates(model)
+    lay = model.hvs_layout
+    assert (lay.n_views, lay.n_small, lay.n_small_candidates) == (4, 4, 8)
+    large, small = batch[1][:4], batch[1][4:]
+    crops = model.hvs_select(batch[1])
+    assert len(crops) == 6 and crops[2].shape[-1] == SIZE // 2
+    ce = model.hvs_last["ce"]
+    space = model.hvs_space
+    order = model._hvs_global_order  # interleaved position -> candidate index in the batch
+    for flat in (0, 17, space.size - 1):
+        combo = space.unrank(torch.tensor([flat]))
+        ours = float(space.evaluate(ce, combo)[0].mean())
+        ga, gb = (order[combo.globals_[0]]).tolist()
+        locs = [small[i] for i in combo.locals_[0].tolist()]
+        with preserve_state([model]), torch.no_grad():
+            student = torch.cat([model(large[ga])["z"], model(large[gb])["z"]] + [model.multicrop_forward(x)["z"] for x in locs])
+            teacher = torch.cat([model.momentum_forward(large[ga])["z"], model.momentum_forward(large[gb])["z"]])
+            ref = float(copy.deepcopy(model.dino_loss_func)(student, teacher))
+        assert ours == pytest.approx(ref, rel=1e-4, abs=1e-5), flat
+    # exact search: its choice is at least as hard as every capped choice
+    model2, _ = build("dino", {"n_views": 4, "exact": True}, small=4)
+    model2.load_state_dict(model.state_dict())
+    model2.hvs_select(batch[1])
+    capped = model.hvs_last["choice"].losses
+    exact = model2.hvs_last["choice"].losses
+    assert bool((exact >= capped - 1e-5).all())
+
+
+@pytest.mark.parametrize("method", ["simsiam", "mocov2plus", "nnclr", "dino", "byol"])
+def test_selection_leaves_state_and_rng_unchanged(method):
+    torch.set_num_threads(1)
+    model, _ = build(method, small=(2 if method == "dino" else 0))
+    batch = candidates(model)
+    before = _state(model)
+    rng = torch.get_rng_state()
+    model.hvs_select(batch[1])
+    after = model.state_dict()
+    assert set(before) == set(after)
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"{method}: {k} changed during selection"
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["simsiam", "mocov2plus"])
+def test_training_step_trains_on_selected_pair(method):
+    """The wrapper's training_step = the method's own training_step on the selected crops."""
+    torch.set_num_threads(1)
+    model, _ = build(method)
+    twin = copy.deepcopy(model)
+    batch = candidates(model)
+    loss = model.training_step(batch, 0)
+    loss = loss["loss"] if isinstance(loss, dict) else loss
+    assert loss.requires_grad and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    a, b = model.hvs_last["selection"].gather(batch[1][:4])
+    base = type(model).__mro__[2]  # HVSMixin, then the solo-learn class
+    assert base is METHODS[method]
+    ref = base.training_step(twin, [batch[0], [a, b], batch[2]], 0)
+    ref = ref["loss"] if isinstance(ref, dict) else ref
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+
+
+def test_wrong_crop_count_is_a_clear_error():
+    model, _ = build("simsiam")
+    batch = candidates(model)
+    with pytest.raises(ValueError, match="expected 4 crops"):
+        model.training_step([batch[0], batch[1][:2], batch[2]], 0)
+
+
+def test_proxy_methods_need_the_flag_and_select_with_the_proxy():
+    with pytest.raises(ValueError, match="hvs.proxy: true"):
+        build("vicreg")
+    for method in ("vicreg", "barlow_twins"):
+        model, _ = build(method, {"n_views": 4, "proxy": True})
+        assert model.hvs_mode == "proxy"
+        crops = model.hvs_select(candidates(model)[1])
+        assert len(crops) == 2
+
+
+def test_unsupported_method_is_a_clear_error():
+    cfg = OmegaConf.create(base_cfg("simsiam", {"n_views": 4}))
+    cfg.method = "swav"
+    with pytest.raises(ValueError, match="does not support solo-learn method 'swav'"):
+        hvs_parse_cfg(parse_cfg)(cfg)
+
+
+def test_parse_cfg_without_hvs_is_unchanged():
+    cfg = OmegaConf.create(base_cfg("simsiam", None))
+    OmegaConf.set_struct(cfg, False)
+    out = hvs_parse_cfg(parse_cfg)(cfg)
+    assert out.data.num_large_crops == 2 and out.augmentations[0].num_crops == 2
+
+
+# ----------------------------------------------------------------- main_pretrain via the launcher
+def _solo_tree(tmp_path: Path) -> Path:
+    root = os.environ.get("HVS_SOLO_LEARN_ROOT")
+    if root:
+        if not (Path(root) / "main_pretrain.py").is_file():
+            pytest.skip(f"HVS_SOLO_LEARN_ROOT={root} has no main_pretrain.py")
+        return Path(root)
+    if not (SOLO_GIT_DIR / "HEAD").exists():
+        pytest.skip(
+            "main_pretrain.py is not part of the installed solo-learn: set HVS_SOLO_LEARN_ROOT to a "
+            "solo-learn checkout to run the launcher test"
+        )
+    out = tmp_path / "solo-src"
+    out.mkdir()
+    archive = subprocess.run(["git", f"--git-dir={SOLO_GIT_DIR}", "archive", "HEAD", "main_pretrain.py"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def _image_folder(root: Path, n_classes: int = 2, per_class: int = 8, size: int = 32) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in range(n_classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(d / f"{i}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["simsiam", "dino_multicrop"])
+def test_main_pretrain_one_epoch_through_launcher(tmp_path, config):
+    tree = _solo_tree(tmp_path)
+    _image_folder(tmp_path / "train")
+    method = "dino" if config.startswith("dino") else config
+    cfg = base_cfg(method, {"n_views": 4, "cap": 8}, small=(2 if config == "dino_multicrop" else 0), size=32)
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
+                   "format": "image_folder", "num_workers": 0}
+    cfg["optimizer"]["batch_size"] = 4
+    cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
+                "checkpoint": {"enabled": True, "dir": str(tmp_path / "ckpt"), "frequency": 1},
+                "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
+         "--config-path", str(tmp_path / "conf"), "--config-name", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "[hvs] Hard View Selection on for" in out
+    expected = "HVSDINO" if method == "dino" else "HVSSimSiam"
+    assert f"[hvs] first selection by {expected}" in out, out[-4000:]
+    # solo-learn's Checkpointer saved the selector's generator with the model
+    ckpts = sorted((tmp_path / "ckpt").rglob("*.ckpt"))
+    assert ckpts, out[-2000:]
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    assert "hvs_selector" in state and "hvs_schedule" in state
+
+
+@pytest.mark.slow
+def test_main_pretrain_with_hydra_callback(tmp_path):
+    """Route (A): the user keeps running `python main_pretrain.py`; the YAML declares the callback."""
+    tree = _solo_tree(tmp_path)
+    _image_folder(tmp_path / "train")
+    cfg = base_cfg("simclr", {"n_views": 4}, size=32)
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
+                   "format": "image_folder", "num_workers": 0}
+    cfg["optimizer"]["batch_size"] = 4
+    cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
+                "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)},
+                          "callbacks": {"hvs": {"_target_": "hvs_plugins.adapters.solo_learn.HVSHydraCallback"}}}})
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, str(tree / "main_pretrain.py"), "--config-path", str(tmp_path / "conf"),
+         "--config-name", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "[hvs] first selection by HVSSimCLR" in out, out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cifar_simsiam_hvs", "cifar_simclr_hvs", "cifar_dino_hvs"])
+def test_ready_configs_run_through_the_launcher(tmp_path, name):
+    """The shipped configs (configs/solo_learn), shrunk for CPU by command-line overrides only."""
+    tree = _solo_tree(tmp_path)
+    _image_folder(tmp_path / "train")
+    overrides = [
+        "data.dataset=custom", f"data.train_path={tmp_path / 'train'}", "data.val_path=null",
+        "data.num_workers=0", "accelerator=cpu", "devices='1'", "strategy=auto", "precision=32",
+        "sync_batchnorm=False", "max_epochs=1", "+limit_train_batches=1", "optimizer.batch_size=4",
+        "checkpoint.enabled=False", "auto_resume.enabled=False", "method_kwargs.proj_hidden_dim=64",
+        "+enable_progress_bar=False", f"hydra.run.dir={tmp_path}", "hvs.cap=16",
+    ]
+    if name == "cifar_dino_hvs":
+        overrides.append("method_kwargs.num_prototypes=64")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
+         "--config-path", str(REPO / "configs" / "solo_learn"), "--config-name", name, *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    expected = {"cifar_simsiam_hvs": "HVSSimSiam: 4 large candidates + 0 small",
+                "cifar_simclr_hvs": "HVSSimCLR: 4 large candidates + 0 small",
+                "cifar_dino_hvs": "HVSDINO: 4 large candidates + 16 small -> 10 crops"}[name]
+    assert f"[hvs] first selection by {expected}" in out, out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "mocov3"])
+def test_launcher_two_process_cpu_ddp(tmp_path, method):
+    """DDP workers re-run the launcher (the script path travels in HVS_SOLO_MAIN_PRETRAIN) and
+    SimCLR / MoCo v3 scores gather the other rank's embeddings as solo-learn's losses do."""
+    tree = _solo_tree(tmp_path)
+    _image_folder(tmp_path / "train")
+    cfg = base_cfg(method, {"n_views": 4}, size=32)
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
+                   "format": "image_folder", "num_workers": 0}
+    cfg["optimizer"]["batch_size"] = 4
+    cfg.update({"max_epochs": 1, "limit_train_batches": 1, "enable_progress_bar": False,
+                "devices": "2", "strategy": "ddp", "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("HVS_SOLO_MAIN_PRETRAIN", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
+         "--config-path", str(tmp_path / "conf"), "--config-name", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("[hvs] first selection by") == 2, out[-4000:]  # both ranks select
+
+
+_DDP_WORKER = '''
+import os, sys, torch, torch.distributed as dist
+from solo.losses.simclr import simclr_loss_func
+from solo.losses.mocov3 import mocov3_loss_func
+from solo.losses.nnclr import nnclr_loss_func
+from hvs_plugins import ntxent_pair_losses
+from hvs_plugins.adapters.solo_learn.method import _gather_all
+from hvs_plugins.adapters.solo_learn.scoring import mocov3_pair_losses, nnclr_pair_losses
+
+def run(rank, world, init):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    n, m, d, t = 4, 5, 8, 0.2
+    q, k = torch.randn(n, m, d, generator=g), torch.randn(n, m, d, generator=g)
+    pairs = torch.combinations(torch.arange(n), 2)
+    idx = torch.arange(m) + rank * m
+    zall, off = _gather_all(q)
+    s = ntxent_pair_losses(q, pairs, t, all_embeddings=zall, offset=off)
+    kall, off = _gather_all(k)
+    m3 = mocov3_pair_losses(q, k, pairs, t, kall, off)
+    nc = nnclr_pair_losses(q, k, pairs, t, kall, off)
+    worst = 0.0
+    for i, (a, b) in enumerate(pairs.tolist()):
+        ref_s = simclr_loss_func(torch.cat([q[a], q[b]]), indexes=idx.repeat(2), temperature=t)
+        ref_m = mocov3_loss_func(q[a], k[b], t) + mocov3_loss_func(q[b], k[a], t)
+        ref_n = nnclr_loss_func(q[a], k[b], t) / 2 + nnclr_loss_func(q[b], k[a], t) / 2
+        for ours, ref in ((s, ref_s), (m3, ref_m), (nc, ref_n)):
+            worst = max(worst, abs(float(ours[i].mean()) - float(ref)))
+    print(f"rank {rank} worst {worst:.3e}", flush=True)
+    assert worst < 1e-5, worst
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+    mp.spawn(run, args=(2, "file://" + sys.argv[1]), nprocs=2)
+'''
+
+
+@pytest.mark.slow
+def test_gathered_scores_equal_solo_losses_under_two_process_ddp(tmp_path):
+    """With torch.distributed, SimCLR / MoCo v3 / NNCLR scores use every rank's negatives and equal
+    solo-learn's (gathering) loss functions on each rank."""
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(_DDP_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "init")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "rank 0 worst" in out and "rank 1 worst" in out
+
+
+def test_hvs_method_pickles_by_name():
+    import pickle
+
+    from hvs_plugins.adapters.solo_learn import method as method_module
+
+    model, _ = build("simsiam")
+    assert method_module.HVSSimSiam is type(model)
+    clone = pickle.loads(pickle.dumps(model))
+    assert type(clone) is type(model) and clone.hvs_layout == model.hvs_layout
