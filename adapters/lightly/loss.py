@@ -1,0 +1,350 @@
+"""HVS as a wrapper around lightly loss objects.
+
+``HVSLoss(criterion, n_views=4)`` behaves like ``criterion`` (calling it computes the lightly loss,
+unchanged) and adds :meth:`HVSLoss.select`: given the N candidate views of a batch and the
+network(s) of the training loop, it scores every candidate pair with the loss's own per-sample
+objective (no gradients, no state change) and returns the hardest pair per sample, ready for the
+loop's normal training step. DINO multi-crop: :meth:`HVSLoss.select` returns DINO's view list
+``[global_a, global_b, local_1, ...]`` chosen from 2 candidates per crop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from hvs_plugins import (
+    DEFAULT_CAP,
+    CombinationSpace,
+    HardViewSelector,
+    dino_cross_entropy,
+    gather_views,
+    interleaved_groups,
+    negative_cosine_pair_losses,
+    ntxent_pair_losses,
+    selection_stats,
+)
+
+Forward = Callable[[torch.Tensor], Any]
+# fn(criterion, online_outputs, target_outputs, pairs) -> [P, M]; outputs are lists of [N, M, ...]
+PairLossFn = Callable[[nn.Module, list, Optional[list], torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PairLossSpec:
+    """How HVS scores candidate pairs for one lightly loss class.
+
+    ``fn(criterion, online, target, pairs) -> [P, M]``: ``online`` / ``target`` are lists (one entry
+    per output of the forward) of stacked per-view outputs ``[N, M, ...]``; ``target`` is None when
+    no target/momentum forward was passed. ``ordered``: score ordered pairs (k → l and l → k
+    separately; asymmetric losses such as MoCo's query/key). ``pair_losses[p].mean()`` must equal
+    the loss of the training step on pair p.
+    """
+
+    fn: PairLossFn
+    ordered: Union[bool, Callable[[nn.Module], bool]] = False
+
+    def is_ordered(self, criterion: nn.Module) -> bool:
+        return bool(self.ordered(criterion)) if callable(self.ordered) else bool(self.ordered)
+
+
+_REGISTRY: dict[type, PairLossSpec] = {}
+
+
+def register_pair_loss(
+    loss_cls: type, fn: PairLossFn, ordered: Union[bool, Callable[[nn.Module], bool]] = False
+) -> None:
+    """Teach HVS a custom (or unsupported lightly) loss class: ``fn(criterion, online, target, pairs)``
+    returns the per-sample loss of every pair ``[P, M]`` (see :class:`PairLossSpec`)."""
+    if not isinstance(loss_cls, type):
+        raise TypeError(f"register_pair_loss needs a loss class, got {loss_cls!r}")
+    _REGISTRY[loss_cls] = PairLossSpec(fn, ordered)
+
+
+def supported_losses() -> list[str]:
+    return sorted({c.__name__ for c in _REGISTRY} | {"DINOLoss"})
+
+
+_HOW_TO_REGISTER = """\
+To use HVS with another loss, register its per-sample pair loss:
+
+    from hvs_plugins.adapters.lightly import register_pair_loss
+
+    def my_pair_loss(criterion, online, target, pairs):
+        # online[0]: [N views, M samples, D] outputs of model(x) for every candidate view
+        # (target: the same for the momentum/teacher forward, or None); pairs: [P, 2]
+        z = online[0]
+        return ((z[pairs[:, 0]] - z[pairs[:, 1]]) ** 2).sum(-1)   # [P, M]: per-sample loss of each pair
+
+    register_pair_loss({name}, my_pair_loss)
+
+Its mean over samples must equal your loss on that pair (HVS picks, per sample, the pair with
+the highest value)."""
+
+
+def lookup(criterion: nn.Module) -> PairLossSpec:
+    for cls in type(criterion).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    name = type(criterion).__name__
+    raise NotImplementedError(
+        f"HVS has no per-sample loss for {name}. Supported lightly losses: "
+        f"{', '.join(supported_losses())}.\n" + _HOW_TO_REGISTER.format(name=name)
+    )
+
+
+# ---------------------------------------------------------------- built-in per-sample pair losses
+def _negative_cosine(criterion: nn.Module, online: list, target: Optional[list], pairs: torch.Tensor) -> torch.Tensor:
+    if target is not None:  # BYOL: online forward -> p, momentum forward -> z
+        return negative_cosine_pair_losses(online[-1], target[0], pairs)
+    if len(online) != 2:
+        raise ValueError(
+            "NegativeCosineSimilarity without a target network (SimSiam) needs model(x) to return "
+            f"(z, p) like lightly's SimSiam example; it returned {len(online)} tensor(s). For BYOL "
+            "pass the momentum forward too: select(views, model, model.forward_momentum)."
+        )
+    z, p = online
+    return negative_cosine_pair_losses(p, z, pairs)
+
+
+def _ntxent(criterion: nn.Module, online: list, target: Optional[list], pairs: torch.Tensor) -> torch.Tensor:
+    temperature = float(criterion.temperature)
+    bank_module = getattr(criterion, "memory_bank", None)
+    size = getattr(bank_module, "size", (0,))
+    if bank_module is not None and size and size[0] > 0:  # MoCo: negatives from the bank (read only)
+        bank = bank_module.bank
+        if bank.dim() != 2 or bank.shape[0] == 0:
+            raise ValueError(
+                "NTXentLoss memory bank is not initialised as [K, D]: create it with "
+                "memory_bank_size=(K, D) (lightly >= 1.5)"
+            )
+        if bank.shape[1] != online[0].shape[-1] and bank.shape[0] == online[0].shape[-1]:
+            bank = bank.t()
+        keys = target[0] if target is not None else None
+        return ntxent_pair_losses(online[0], pairs, temperature, keys=keys, memory_bank=bank, symmetric=False)
+    if target is not None:
+        raise ValueError(
+            "NTXentLoss without a memory bank (SimCLR) uses one network: call select(views, model) "
+            "without a target forward"
+        )
+    z = online[0]
+    if getattr(criterion, "gather_distributed", False) and torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            parts = [torch.empty_like(z) for _ in range(world)]
+            torch.distributed.all_gather(parts, z.contiguous())
+            rank = torch.distributed.get_rank()
+            return ntxent_pair_losses(z, pairs, temperature, all_embeddings=torch.cat(parts, 1), offset=rank * z.shape[1])
+    return ntxent_pair_losses(z, pairs, temperature)
+
+
+def _has_bank(criterion: nn.Module) -> bool:
+    size = getattr(getattr(criterion, "memory_bank", None), "size", (0,))
+    return bool(size) and size[0] > 0
+
+
+def _register_builtins() -> None:
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+
+    register_pair_loss(NegativeCosineSimilarity, _negative_cosine)
+    register_pair_loss(NTXentLoss, _ntxent, ordered=_has_bank)
+
+
+_register_builtins()
+
+
+def _is_dino(criterion: nn.Module) -> bool:
+    from lightly.loss import DINOLoss
+
+    return isinstance(criterion, DINOLoss)
+
+
+# ---------------------------------------------------------------- the wrapper
+def _owner_modules(fns: Sequence[Any]) -> list[nn.Module]:
+    out: list[nn.Module] = []
+    for fn in fns:
+        if fn is None:
+            continue
+        if isinstance(fn, nn.Module):
+            out.append(fn)
+        elif isinstance(getattr(fn, "__self__", None), nn.Module):
+            out.append(fn.__self__)
+    return out
+
+
+def _device_of(modules: Sequence[nn.Module]) -> Optional[torch.device]:
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            return t.device
+    return None
+
+
+class HVSLoss(nn.Module):
+    """A lightly loss with Hard View Selection.
+
+    ``criterion``: the lightly loss object (NegativeCosineSimilarity — SimSiam, BYOL; NTXentLoss —
+    SimCLR, MoCo with ``memory_bank_size``; DINOLoss — DINO multi-crop; or a registered class).
+    Calling the wrapper is calling ``criterion`` (the training step is the host's own).
+
+    ``n_views``: candidates per sample for two-view methods (the paper: 4). ``groups``: for
+    asymmetric pipelines (BYOL's two view transforms) ``"interleaved"`` (what
+    :class:`CandidateViews` emits: even candidates from transform 1, odd from transform 2; only
+    cross pairs are scored) or explicit index lists. DINO: ``n_global_candidates`` (4 = 2 per global
+    crop), ``cap`` combinations compared per batch (the paper: 128) or ``exact=True`` for the true
+    argmax over all combinations, ``global_pairing`` ``"cross"`` (default) or ``"any"``.
+    ``resolution_scale``, ``chunk_size``, ``autocast_dtype``, ``seed``: as core ``HardViewSelector``.
+    ``enabled=False`` turns selection off (``select`` returns the first pair / DINO's first layout).
+    """
+
+    def __init__(
+        self,
+        criterion: nn.Module,
+        n_views: int = 4,
+        groups: Union[None, str, Sequence[Sequence[int]]] = None,
+        *,
+        n_global_candidates: int = 4,
+        cap: int = DEFAULT_CAP,
+        exact: bool = False,
+        global_pairing: str = "cross",
+        resolution_scale: float = 1.0,
+        chunk_size: Optional[int] = None,
+        autocast_dtype: Optional[torch.dtype] = None,
+        seed: int = 0,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(criterion, nn.Module):
+            raise TypeError(f"HVSLoss wraps a lightly loss module, got {type(criterion).__name__}")
+        self.criterion = criterion
+        self.is_dino = _is_dino(criterion)
+        self.enabled = enabled
+        self.cap = cap
+        self.exact = exact
+        self.global_pairing = global_pairing
+        self.n_global_candidates = n_global_candidates
+        kw = dict(resolution_scale=resolution_scale, chunk_size=chunk_size, autocast_dtype=autocast_dtype, seed=seed)
+        if self.is_dino:
+            self.spec = None
+            self.selector = HardViewSelector(n_views=n_global_candidates, **kw)
+            CombinationSpace(n_global_candidates, 2, 1, global_pairing)  # validate early
+        else:
+            self.spec = lookup(criterion)
+            if groups == "interleaved":
+                groups = interleaved_groups(n_views, 2)
+            elif isinstance(groups, str):
+                raise ValueError(f"groups must be None, 'interleaved' or index lists, got {groups!r}")
+            self.selector = HardViewSelector(n_views=n_views, groups=groups, ordered=self.spec.is_ordered(criterion), **kw)
+        self.n_views = n_views
+        self.last_selection: Any = None
+        self.last_stats: Any = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.criterion(*args, **kwargs)
+
+    @property
+    def pairs(self) -> torch.Tensor:
+        return self.selector.pairs
+
+    # -- checkpointing of the selector's own RNG
+    def selector_state_dict(self) -> dict:
+        return self.selector.state_dict()
+
+    def load_selector_state_dict(self, state: dict) -> None:
+        self.selector.load_state_dict(state)
+
+    def select(
+        self,
+        views: Sequence[torch.Tensor],
+        model: Forward,
+        target: Optional[Forward] = None,
+        *,
+        epoch: Optional[int] = None,
+        teacher_temp: Optional[float] = None,
+        modules: Sequence[nn.Module] = (),
+        boxes: Optional[torch.Tensor] = None,
+    ) -> Any:
+        """The hard views of this batch.
+
+        ``views``: the candidate list from the data loader (``batch[0]`` with a
+        :class:`CandidateViews` transform); a ``(views, boxes)`` pair is accepted too.
+        ``model``: the online/student forward (``model``; SimSiam: returns ``(z, p)``).
+        ``target``: the momentum/teacher forward (BYOL, MoCo: ``model.forward_momentum``; DINO:
+        ``model.forward_teacher``). ``epoch`` / ``teacher_temp``: DINO's teacher temperature, as
+        passed to ``DINOLoss``. ``modules``: further networks the forwards use (the owners of
+        ``model``/``target`` and the loss are included automatically); their parameters, buffers
+        (BatchNorm statistics, DINO center, memory bank) and the global RNG are left unchanged.
+
+        Returns ``(x0, x1)`` for two-view losses and DINO's list ``[g_a, g_b, l_1, ..., l_n]``, on
+        the networks' device. ``self.last_selection`` / ``self.last_stats`` keep the details.
+        """
+        if (
+            isinstance(views, (tuple, list)) and len(views) == 2 and isinstance(views[0], (tuple, list))
+            and isinstance(views[1], torch.Tensor) and views[1].dim() == 3
+        ):  # (views, boxes) from CandidateViews(..., return_boxes=True)
+            views, boxes = views
+        views = list(views)
+        mods = _owner_modules([model, target]) + [self.criterion] + list(modules)
+        device = _device_of(mods)
+        if device is not None:
+            views = [v.to(device, non_blocking=True) for v in views]
+        if self.is_dino:
+            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp, boxes)
+        if len(views) != self.n_views:
+            raise ValueError(
+                f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
+                f"with CandidateViews(transform, n_views={self.n_views}) (or set n_views={len(views)})"
+            )
+        if not self.enabled:
+            return views[0], views[1]
+        sel = self.selector
+        with sel.scoring(mods):
+            online = sel.forward_views(model, views, self.n_views)
+            tgt = sel.forward_views(target, views, self.n_views) if target is not None else None
+            losses = self.spec.fn(self.criterion, online, tgt, sel.pairs)
+        if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
+            raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
+        selection = sel.choose(losses)
+        self.last_selection = selection
+        self.last_stats = selection_stats(selection, boxes)
+        return selection.gather(views)
+
+    def _teacher_temp(self, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
+        c = self.criterion
+        if teacher_temp is not None:
+            return float(teacher_temp)
+        if epoch is not None and epoch < c.warmup_teacher_temp_epochs:
+            return float(c.teacher_temp_schedule[epoch])
+        return float(c.teacher_temp)
+
+    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes):
+        g = self.n_global_candidates
+        if len(views) < g:
+            raise ValueError(f"DINO HVS needs {g} global candidates (2 per global crop) first, got {len(views)} views")
+        glob, loc = views[:g], views[g:]
+        if len(loc) % 2:
+            raise ValueError(
+                f"DINO HVS expects 2 candidates per local crop, got {len(loc)} local views: wrap the "
+                "DINOTransform with CandidateViews(transform)"
+            )
+        n_local = len(loc) // 2
+        if not self.enabled:
+            return [glob[0], glob[1]] + loc[::2]
+        space = CombinationSpace(g, len(loc), n_local, self.global_pairing)
+        sel = self.selector
+        with sel.scoring(mods):
+            t_out = sel.forward_views(teacher, glob)[0]
+            s_out = sel.forward_views(student, glob)[0]
+            if loc:
+                s_out = torch.cat([s_out, sel.forward_views(student, loc)[0]])
+            ce = dino_cross_entropy(
+                t_out, s_out, self.criterion.center, self._teacher_temp(epoch, teacher_temp), float(self.criterion.student_temp)
+            )
+        choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
+        self.last_selection = choice
+        self.last_stats = None
+        out = gather_views(glob, choice.globals_)
+        if n_local:
+            out += gather_views(loc, choice.locals_)
+        return out

@@ -1,0 +1,55 @@
+"""The demo (the project's main job) end to end in a tiny configuration."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lightly")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+from hvs_plugins.adapters.lightly import demo  # noqa: E402
+
+
+def test_embedded_data_deterministic_and_not_trivial():
+    a, ya = demo.make_shapes(60, 16, seed=3)
+    b, yb = demo.make_shapes(60, 16, seed=3)
+    assert a.shape == (60, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(ya, yb)
+    assert sorted(set(ya.tolist())) == list(range(10))
+
+
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "figs"
+    result = demo.main(["--tiny", "--out", str(out), "--threads", "1"])
+    printed = capsys.readouterr().out
+    for name in ("hvs_candidates.png", "hvs_iou_histogram.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000
+    for key in ("knn_baseline", "knn_hvs", "knn_raw_pixels"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["step_time_ratio"] > 0 and math.isfinite(result["step_time_ratio"])
+    assert result["hardness_gap"] >= 0
+    assert 0.0 <= result["lowest_iou_fraction"] <= 1.0
+    assert result["random_lowest_iou_fraction"] == pytest.approx(1 / 6)
+    for text in ("kNN accuracy", "step-time ratio", "hardness gap", "lowest-IoU fraction", "hvs_candidates.png"):
+        assert text in printed
+
+
+def test_demo_user_folder(tmp_path):
+    from PIL import Image
+
+    imgs, ys = demo.make_shapes(40, 16, seed=1)
+    for i, (a, y) in enumerate(zip(imgs, ys)):
+        d = tmp_path / "data" / demo.CLASSES[y]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(d / f"{i}.png")
+    result = demo.main(["--tiny", "--data", str(tmp_path / "data"), "--batch-size", "16", "--out", str(tmp_path / "o"), "--threads", "1"])
+    assert "knn_hvs" in result and (tmp_path / "o" / "hvs_iou_histogram.png").is_file()
+
+
+def test_demo_rejects_bad_flags(tmp_path):
+    with pytest.raises(SystemExit):
+        demo.main(["--tiny", "--n-views", "1", "--out", str(tmp_path)])
