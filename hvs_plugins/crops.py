@@ -8,6 +8,7 @@ through a DataLoader (default collate stacks them to ``[M, N, 4]``).
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -24,11 +25,17 @@ def _image_hw(img: Any) -> tuple[int, int]:
     raise TypeError(f"cannot read the size of a {type(img).__name__} image")
 
 
+@lru_cache(maxsize=None)
 def _recording_class(cls: type) -> type:
-    """A subclass of a RandomResizedCrop class that stores its last box in ``last_box``."""
+    """A subclass of a RandomResizedCrop class that stores its last box in ``last_box``
+    (one class per base class; picklable, so DataLoader workers may use spawn/forkserver)."""
 
     class Recording(cls):  # type: ignore[misc, valid-type]
         last_box: Optional[tuple[float, float, float, float]] = None
+
+        def __reduce_ex__(self, protocol: Any) -> tuple:
+            # The class is made at run time: pickle the base class and rebuild the recorder.
+            return (_rebuild_recorder, (cls, self.__dict__.copy()))
 
         def _store(self, img: Any, top: int, left: int, height: int, width: int) -> None:
             h, w = _image_hw(img)
@@ -57,6 +64,13 @@ def _recording_class(cls: type) -> type:
 
     Recording.__name__ = Recording.__qualname__ = f"Recording{cls.__name__}"
     return Recording
+
+
+def _rebuild_recorder(base: type, state: dict) -> Any:
+    obj = base.__new__(base)
+    obj.__dict__.update(state)
+    obj.__class__ = _recording_class(base)
+    return obj
 
 
 def _first_image(flat_inputs: list) -> Any:

@@ -29,7 +29,7 @@ DEFAULT_CAP = 128  # the paper compares at most 128 combinations
 @lru_cache(maxsize=16)
 def _subsets(n: int, k: int) -> torch.Tensor:
     """All k-subsets of range(n) in lexicographic order: ``[C(n, k), k]``."""
-    return torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long).reshape(-1, k)
+    return torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long).reshape(math.comb(n, k), k)
 
 
 @dataclass

@@ -67,3 +67,13 @@ def test_figures_are_written(tmp_path):
     p1 = plot_candidates(torch.rand(2, 4, 3, 8, 8), torch.tensor([[0, 1], [2, 3]]), tmp_path / "c.png")
     p2 = plot_iou_histograms({"selected": [0.1, 0.2], "random": [0.5, 0.6]}, tmp_path / "h.png")
     assert p1.stat().st_size > 1000 and p2.stat().st_size > 1000
+
+
+def test_candidate_transform_pickles_for_spawned_workers():
+    import pickle
+
+    ct = CandidateTransform([v2.RandomResizedCrop(8)], n_per_transform=2)
+    clone = pickle.loads(pickle.dumps(ct))
+    views, boxes = clone(torch.rand(3, 20, 20))
+    assert len(views) == 2 and bool(torch.isfinite(boxes).all())
+    assert type(clone.recorders[0]) is type(ct.recorders[0])

@@ -161,3 +161,10 @@ def test_nonfinite_ce_never_wins_in_search():
 def test_ce_shape_is_checked():
     with pytest.raises(ValueError, match=r"ce must be \[G=4, G\+L=20, M\]"):
         CombinationSpace().exact_search(torch.zeros(4, 19, 2))
+
+
+def test_global_crops_only_space_works():
+    space = CombinationSpace(4, 0, 0)
+    ce = _ce(0, 4, 0, 3)
+    assert space.search(ce, cap=128).n_evaluated == 4
+    assert torch.allclose(space.exact_search(ce).losses, space.search(ce, cap=128).losses)

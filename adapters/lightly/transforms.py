@@ -27,7 +27,6 @@ class CandidateViews:
     """
 
     def __init__(self, transform: Any, n_views: int = 4, per_crop: int = 2, return_boxes: bool = False) -> None:
-        self._args = (transform, n_views, per_crop, return_boxes)
         ts = list(getattr(transform, "transforms", None) or [transform])
         self.return_boxes = return_boxes
         self.multicrop = len(ts) > 2
@@ -59,14 +58,6 @@ class CandidateViews:
             self.candidates = CandidateTransform(ts, n_views // 2)
             self.groups = interleaved_groups(n_views, 2)
         self.n_views = n_views
-
-    # The box recorders are classes made at run time (not picklable): DataLoader workers started
-    # with spawn/forkserver get the wrapped transform and rebuild the recorders.
-    def __getstate__(self) -> dict:
-        return {"args": self._args}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(*state["args"])
 
     def __call__(self, image: Any) -> Any:
         if self.multicrop:
