@@ -1,0 +1,67 @@
+"""Do the cheap selection settings pick the same pair as full-resolution fp32 selection?
+
+    python benchmarks/agreement.py            # ~1 min on 1 CPU thread
+
+A SimSiam model of the lightly demo is trained briefly (baseline, 2 epochs of the embedded data);
+then on fresh candidate batches (N=4) every setting's chosen pair is compared with the reference
+(resolution 1.0, fp32, one forward per view). Chance agreement: 1/6. Writes
+``benchmarks/results/agreement.json``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss, demo  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.transforms import SimSiamTransform
+
+    torch.set_num_threads(1)
+    args = demo.build_parser().parse_args(["--epochs", "2", "--n-images", "1024"] + list(argv or []))
+    images, _ = demo.make_shapes(args.n_images, args.image_size, seed=12345)
+    run = demo.train(args, images, hvs=False, device=torch.device("cpu"), desc="train (baseline)")
+    model = run["model"]
+    transform = CandidateViews(SimSiamTransform(input_size=args.image_size, gaussian_blur=0.0, min_scale=0.2), n_views=4)
+    loader = torch.utils.data.DataLoader(demo._Images(images, transform), batch_size=128, shuffle=True,
+                                         generator=torch.Generator().manual_seed(7))
+    settings = {
+        "res 0.75": dict(resolution_scale=0.75), "res 0.5": dict(resolution_scale=0.5), "res 0.25": dict(resolution_scale=0.25),
+        "bf16": dict(autocast_dtype=torch.bfloat16), "bf16 + res 0.5": dict(autocast_dtype=torch.bfloat16, resolution_scale=0.5),
+        "joint_views": dict(joint_views=True),
+    }
+    ref = HVSLoss(NegativeCosineSimilarity(), n_views=4)
+    agree = {k: [] for k in settings}
+    for b, (views, _) in enumerate(loader):
+        if b == 4:
+            break
+        ref.select(views, model)
+        want = ref.last_selection.index
+        for name, kw in settings.items():
+            joint = kw.pop("joint_views", False)
+            crit = HVSLoss(NegativeCosineSimilarity(), n_views=4, **kw)
+            crit.selector.joint_views = joint
+            if joint:
+                kw["joint_views"] = True
+            crit.select(views, model)
+            agree[name] += (crit.last_selection.index == want).tolist()
+    out = {name: sum(v) / len(v) for name, v in agree.items()}
+    out["chance"] = 1 / 6
+    out["samples"] = len(agree["bf16"])
+    (ROOT / "benchmarks" / "results" / "agreement.json").write_text(json.dumps(out, indent=1))
+    for k, v in out.items():
+        print(f"{k:16s} {v:.3f}" if isinstance(v, float) else f"{k:16s} {v}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
