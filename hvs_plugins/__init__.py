@@ -15,7 +15,15 @@ from .multicrop import DEFAULT_CAP, CombinationChoice, Combinations, Combination
 from .pairs import all_pairs, cross_pairs, interleaved_groups, make_pairs
 from .runner import HardViewSelector, resize_views
 from .schedule import HVSSchedule
-from .selection import Selection, argmax_with_fallback, gather_pair, gather_views, select_hardest
+from .selection import (
+    HVSFallbackWarning,
+    Selection,
+    argmax_with_fallback,
+    gather_pair,
+    gather_views,
+    select_hardest,
+    warn_fallbacks,
+)
 from .stats import SelectionStats, selection_stats
 
 __version__ = "0.1.0"
@@ -27,4 +35,5 @@ __all__ = [
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
     "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
+    "HVSFallbackWarning", "warn_fallbacks",
 ]

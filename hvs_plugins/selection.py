@@ -1,6 +1,7 @@
 """Argmax selection of the hardest pair per sample and gathering of the hard batch."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -30,6 +31,26 @@ def argmax_with_fallback(
         index = index.clone()
         index[fallback] = draw
     return index, fallback
+
+
+class HVSFallbackWarning(UserWarning):
+    """Some samples had no finite candidate loss (NaN/inf model outputs) in a selection step."""
+
+
+def warn_fallbacks(fallback: torch.Tensor, what: str = "pair loss", stacklevel: int = 3) -> int:
+    """Warn (``HVSFallbackWarning``) when ``fallback: [M]`` flags samples whose candidates were all
+    non-finite; returns their count. Adapters call it after every selection."""
+    n = int(fallback.sum())
+    if n:
+        warnings.warn(
+            f"HVS: {n} of {fallback.numel()} samples had no finite {what} (NaN/inf in the model's "
+            "outputs during selection); they train on a random candidate pair drawn from the "
+            "selector's own generator. Training continues; if this repeats, look for overflow "
+            "(autocast_dtype, resolution_scale) or bad inputs.",
+            HVSFallbackWarning,
+            stacklevel=stacklevel,
+        )
+    return n
 
 
 def as_view_list(views: Views, n_views: Optional[int] = None) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ from hvs_plugins import (
     negative_cosine_pair_losses,
     ntxent_pair_losses,
     selection_stats,
+    warn_fallbacks,
 )
 
 Forward = Callable[[torch.Tensor], Any]
@@ -181,6 +182,20 @@ def _device_of(modules: Sequence[nn.Module]) -> Optional[torch.device]:
     return None
 
 
+def _flatten_criterion_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    inner = prefix + "criterion."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _nest_criterion_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    inner = prefix + "criterion."
+    for name in module.criterion.state_dict():
+        flat, nested = prefix + name, inner + name
+        if flat in state_dict and nested not in state_dict:
+            state_dict[nested] = state_dict.pop(flat)
+
+
 class HVSLoss(nn.Module):
     """A lightly loss with Hard View Selection.
 
@@ -239,6 +254,11 @@ class HVSLoss(nn.Module):
         self.n_views = n_views
         self.last_selection: Any = None
         self.last_stats: Any = None
+        # checkpoints look the same with and without HVS: the wrapped loss's entries (DINO center,
+        # ...) keep their keys ('criterion.center', not 'criterion.criterion.center'), so a run
+        # resumes across switching HVS on or off; the nested layout still loads
+        self._register_state_dict_hook(_flatten_criterion_keys)
+        self._register_load_state_dict_pre_hook(_nest_criterion_keys, with_module=True)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.criterion(*args, **kwargs)
@@ -247,7 +267,13 @@ class HVSLoss(nn.Module):
     def pairs(self) -> torch.Tensor:
         return self.selector.pairs
 
-    # -- checkpointing of the selector's own RNG
+    # -- checkpointing of the selector's own RNG (not in state_dict(), so that checkpoints load
+    # strictly with and without HVS). In a LightningModule:
+    #     def on_save_checkpoint(self, checkpoint):
+    #         checkpoint["hvs_selector"] = self.criterion.selector_state_dict()
+    #     def on_load_checkpoint(self, checkpoint):
+    #         if "hvs_selector" in checkpoint:
+    #             self.criterion.load_selector_state_dict(checkpoint["hvs_selector"])
     def selector_state_dict(self) -> dict:
         return self.selector.state_dict()
 
@@ -306,6 +332,7 @@ class HVSLoss(nn.Module):
         if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
             raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
         selection = sel.choose(losses)
+        warn_fallbacks(selection.fallback)
         self.last_selection = selection
         self.last_stats = selection_stats(selection, boxes)
         return selection.gather(views)
@@ -342,6 +369,7 @@ class HVSLoss(nn.Module):
                 t_out, s_out, self.criterion.center, self._teacher_temp(epoch, teacher_temp), float(self.criterion.student_temp)
             )
         choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
+        warn_fallbacks(choice.fallback, "combination loss")
         self.last_selection = choice
         self.last_stats = None
         out = gather_views(glob, choice.globals_)

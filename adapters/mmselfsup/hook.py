@@ -23,7 +23,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from hvs_plugins import HardViewSelector, selection_stats
+from hvs_plugins import HardViewSelector, selection_stats, warn_fallbacks
 
 from .scoring import SUPPORTED, check_supported, score_pairs
 
@@ -210,6 +210,13 @@ class HardViewSelectionHook(Hook):
             losses = score_pairs(self.algorithm, model, self.selector, views,
                                  simclr_pair_forward=self.simclr_pair_forward)
         selection = self.selector.choose(losses)
+        n_fallback = warn_fallbacks(selection.fallback)
+        if n_fallback:
+            runner.logger.warning(
+                f"HardViewSelectionHook: {n_fallback} of {selection.fallback.numel()} samples had no "
+                f"finite pair loss at iteration {runner.iter} (NaN/inf model outputs); they train on "
+                "a random candidate pair"
+            )
         view_a, view_b = selection.gather(list(inputs))
         data_batch["inputs"] = [view_a, view_b]
         self.last_selection = selection

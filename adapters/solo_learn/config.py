@@ -88,9 +88,9 @@ def _to_dict(block: Any) -> dict:
     raise TypeError(f"hvs must be a mapping such as `hvs: {{n_views: 4}}`, got {type(block).__name__}")
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
+def _int(name: str, value: Any, minimum: int, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"hvs.{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"hvs.{name} must be an int >= {minimum}, got {value!r}{hint}")
     return value
 
 
@@ -108,7 +108,7 @@ def parse_hvs_config(block: Any) -> HVSConfig:
         raise ValueError(f"unknown hvs key(s) {unknown}; valid keys: {list(KEYS)}")
     d = HVSConfig().as_dict()
     d.update(raw)
-    d["n_views"] = _int("n_views", d["n_views"], 2)
+    d["n_views"] = _int("n_views", d["n_views"], 2, ": HVS compares pairs of candidate views (the paper uses 4)")
     d["cap"] = _int("cap", d["cap"], 1)
     d["seed"] = _int("seed", d["seed"], 0)
     d["every"] = _int("every", d["every"], 1)

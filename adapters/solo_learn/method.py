@@ -30,6 +30,7 @@ from hvs_plugins import (
     negative_cosine_pair_losses,
     ntxent_pair_losses,
     selection_stats,
+    warn_fallbacks,
 )
 
 from .config import HVSConfig, check_method, parse_hvs_config
@@ -162,6 +163,7 @@ class HVSMethodMixin:
             outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
             losses = self.hvs_pair_losses(outputs, sel.pairs)
         selection = sel.choose(losses)
+        warn_fallbacks(selection.fallback)
         view_a, view_b = selection.gather(large)
         self.hvs_last = {"selection": selection, "pair_losses": losses}
         if self.hvs_config.log_stats:
@@ -247,6 +249,7 @@ class HVSMethodMixin:
             choice = space.exact_search(ce, sel.generator)
         else:
             choice = space.search(ce, self.hvs_config.cap, sel.generator)
+        warn_fallbacks(choice.fallback, "combination loss")
         g = choice.globals_ if order is None else order[choice.globals_]
         view_a, view_b = gather_views(large, g)
         locals_ = gather_views(small, choice.locals_) if small else []
