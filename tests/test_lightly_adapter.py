@@ -392,3 +392,23 @@ def test_select_accepts_views_with_boxes():
     batch = next(iter(loader(CandidateViews(SimSiamTransform(input_size=8), 4, return_boxes=True))))
     x0, x1 = crit.select(batch[0], model)  # batch[0] == [views, boxes]
     assert x0.shape == (8, 3, 8, 8) and crit.last_stats.lowest_iou_fraction is not None
+
+
+def test_cost_knobs_every_start_epoch_and_checkpointed_schedule():
+    torch.manual_seed(0)
+    model = SimSiam()
+    views = [torch.randn(6, 3, 16, 16) for _ in range(4)]
+    hvs = HVSLoss(NegativeCosineSimilarity(), n_views=4, every=2, start_epoch=1)
+    x0, x1 = hvs.select(views, model, epoch=0)  # before start_epoch: plain first pair, no scoring
+    assert hvs.last_selection is None and torch.equal(x0, views[0]) and torch.equal(x1, views[1])
+    hvs.select(views, model, epoch=1)  # call 1: odd step, off
+    assert hvs.last_selection is None
+    hvs.select(views, model, epoch=1)  # call 2: selects
+    assert hvs.last_selection is not None
+    with pytest.raises(ValueError, match="probability"):
+        HVSLoss(NegativeCosineSimilarity(), probability=1.5)
+    p = HVSLoss(NegativeCosineSimilarity(), probability=0.5, seed=1)
+    state = p.selector_state_dict()
+    first = [p._active(0) for _ in range(30)]
+    p.load_selector_state_dict(state)
+    assert [p._active(0) for _ in range(30)] == first and 0 < sum(first) < 30

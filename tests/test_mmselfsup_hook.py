@@ -267,8 +267,19 @@ def test_bad_options():
         HardViewSelectionHook(n_views=1)
     with pytest.raises(ValueError):
         HardViewSelectionHook(resolution_scale=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="interval must be an int >= 1"):
         HardViewSelectionHook(interval=0)
+    with pytest.raises(ValueError, match="probability must be in"):
+        HardViewSelectionHook(probability=2.0)
+    with pytest.raises(ValueError, match="start_epoch"):
+        HardViewSelectionHook(start_epoch=-1)
+
+
+def test_schedule_probability_and_start_epoch():
+    hook = HardViewSelectionHook(interval=2, probability=0.5, start_epoch=1, seed=3)
+    assert not any(hook.schedule.active(i, 0) for i in range(20))  # before start_epoch
+    on = [hook.schedule.active(i, 1) for i in range(200)]
+    assert not any(on[1::2]) and 25 < sum(on[0::2]) < 75
 
 
 def test_registered_for_config():

@@ -19,6 +19,7 @@ from hvs_plugins import (
     DEFAULT_CAP,
     CombinationSpace,
     HardViewSelector,
+    HVSSchedule,
     dino_cross_entropy,
     gather_views,
     interleaved_groups,
@@ -211,6 +212,10 @@ class HVSLoss(nn.Module):
     argmax over all combinations, ``global_pairing`` ``"cross"`` (default) or ``"any"``.
     ``resolution_scale``, ``chunk_size``, ``autocast_dtype``, ``seed``: as core ``HardViewSelector``.
     ``enabled=False`` turns selection off (``select`` returns the first pair / DINO's first layout).
+    Cost knobs (core ``HVSSchedule``): ``every`` (select on every k-th ``select`` call),
+    ``probability`` (then with this probability, from the selector's own generator) and
+    ``start_epoch`` (no selection before it; pass ``epoch=`` to ``select``). Off-steps return a plain
+    random pair (the first candidates: i.i.d. augmentations).
     """
 
     def __init__(
@@ -228,6 +233,9 @@ class HVSLoss(nn.Module):
         autocast_dtype: Optional[torch.dtype] = None,
         seed: int = 0,
         enabled: bool = True,
+        every: int = 1,
+        probability: float = 1.0,
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, nn.Module):
@@ -235,6 +243,8 @@ class HVSLoss(nn.Module):
         self.criterion = criterion
         self.is_dino = _is_dino(criterion)
         self.enabled = enabled
+        self.schedule = HVSSchedule(every=every, probability=probability, start_epoch=start_epoch, seed=seed)
+        self._step = 0  # select() calls so far (the schedule's step)
         self.cap = cap
         self.exact = exact
         self.global_pairing = global_pairing
@@ -275,10 +285,18 @@ class HVSLoss(nn.Module):
     #         if "hvs_selector" in checkpoint:
     #             self.criterion.load_selector_state_dict(checkpoint["hvs_selector"])
     def selector_state_dict(self) -> dict:
-        return self.selector.state_dict()
+        return {**self.selector.state_dict(), "schedule": self.schedule.state_dict(), "step": self._step}
 
     def load_selector_state_dict(self, state: dict) -> None:
         self.selector.load_state_dict(state)
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
+            self._step = int(state["step"])
+
+    def _active(self, epoch: Optional[int]) -> bool:
+        """Whether this select() call selects (``enabled`` and the schedule); counts the call."""
+        step, self._step = self._step, self._step + 1
+        return self.enabled and self.schedule.active(step, epoch or 0)
 
     def select(
         self,
@@ -316,14 +334,16 @@ class HVSLoss(nn.Module):
         if device is not None:
             views = [v.to(device, non_blocking=True) for v in views]
         if self.is_dino:
-            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp, boxes)
+            active = self._active(epoch)
+            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp, boxes, active)
         if len(views) != self.n_views:
             raise ValueError(
                 f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
                 f"with CandidateViews(transform, n_views={self.n_views}) (or set n_views={len(views)})"
             )
-        if not self.enabled:
-            return views[0], views[1]
+        if not self._active(epoch):
+            a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
+            return views[a], views[b]
         sel = self.selector
         with sel.scoring(mods):
             online = sel.forward_views(model, views, self.n_views)
@@ -345,7 +365,7 @@ class HVSLoss(nn.Module):
             return float(c.teacher_temp_schedule[epoch])
         return float(c.teacher_temp)
 
-    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes):
+    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes, active=True):
         g = self.n_global_candidates
         if len(views) < g:
             raise ValueError(f"DINO HVS needs {g} global candidates (2 per global crop) first, got {len(views)} views")
@@ -356,7 +376,7 @@ class HVSLoss(nn.Module):
                 "DINOTransform with CandidateViews(transform)"
             )
         n_local = len(loc) // 2
-        if not self.enabled:
+        if not active:
             return [glob[0], glob[1]] + loc[::2]
         space = CombinationSpace(g, len(loc), n_local, self.global_pairing)
         sel = self.selector

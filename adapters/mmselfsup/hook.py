@@ -23,7 +23,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from hvs_plugins import HardViewSelector, selection_stats, warn_fallbacks
+from hvs_plugins import HardViewSelector, HVSSchedule, selection_stats, warn_fallbacks
 
 from .scoring import SUPPORTED, check_supported, score_pairs
 
@@ -70,7 +70,9 @@ class HardViewSelectionHook(Hook):
         joint_views: one forward of all N views (faster; BatchNorm sees N·B views; not exact).
         autocast_dtype: e.g. ``'bfloat16'`` for the selection forward only.
         interval: select every ``interval``-th iteration (1 = every step); other steps train on
-            the first candidate pair.
+            the first candidate pair (a plain random pair: candidates are i.i.d. augmentations).
+        probability: on those iterations, select with this probability (own seeded generator).
+        start_epoch: no selection before this epoch (0-based, mmengine's ``runner.epoch``).
         simclr_pair_forward: SimCLR forwards both views of a pair as one BatchNorm batch; True
             (default) repeats that per pair (exact scores, P forwards of 2B views), False scores
             each view alone (N forwards of B views; approximate).
@@ -88,6 +90,8 @@ class HardViewSelectionHook(Hook):
         joint_views: bool = False,
         autocast_dtype: Optional[Union[str, torch.dtype]] = None,
         interval: int = 1,
+        probability: float = 1.0,
+        start_epoch: int = 0,
         simclr_pair_forward: bool = True,
         seed: int = 0,
         log_stats: bool = True,
@@ -97,7 +101,9 @@ class HardViewSelectionHook(Hook):
             if not isinstance(autocast_dtype, torch.dtype):
                 raise ValueError("autocast_dtype must name a torch dtype such as 'bfloat16' or 'float16'")
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an int >= 1, got {interval!r}")
+            raise ValueError(f"interval must be an int >= 1 (1 = select every iteration), got {interval!r}")
+        # the core's cost-knob schedule validates probability / start_epoch
+        self.schedule = HVSSchedule(every=interval, probability=probability, start_epoch=start_epoch, seed=seed)
         # validates n_views, resolution_scale, chunk_size, autocast_dtype now (config errors early)
         HardViewSelector(n_views, resolution_scale=resolution_scale, chunk_size=chunk_size,
                          joint_views=joint_views, autocast_dtype=autocast_dtype, seed=seed)
@@ -199,7 +205,8 @@ class HardViewSelectionHook(Hook):
                 f"train pipeline must emit {self.n_views} views (MultiView num_views), e.g. "
                 f"dict(type='MultiView', num_views={self.n_views}, transforms=[view_pipeline])"
             )
-        if (runner.iter if hasattr(runner, "iter") else batch_idx) % self.interval:
+        step = runner.iter if hasattr(runner, "iter") else batch_idx
+        if not self.schedule.active(step, getattr(runner, "epoch", 0)):
             a, b = self.selector.pairs[0].tolist()
             data_batch["inputs"] = [inputs[a], inputs[b]]
             return
@@ -239,12 +246,14 @@ class HardViewSelectionHook(Hook):
     # ------------------------------------------------------------ checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.selector is not None:
-            checkpoint["hvs_selector"] = self.selector.state_dict()
+            checkpoint["hvs_selector"] = {**self.selector.state_dict(), "schedule": self.schedule.state_dict()}
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get("hvs_selector")
         if state is None:
             return
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
         if self.selector is not None:
             self.selector.load_state_dict(state)
         else:
