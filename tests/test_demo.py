@@ -53,3 +53,10 @@ def test_demo_user_folder(tmp_path):
 def test_demo_rejects_bad_flags(tmp_path):
     with pytest.raises(SystemExit):
         demo.main(["--tiny", "--n-views", "1", "--out", str(tmp_path)])
+
+
+def test_demo_tiny_hvs_on_part_of_the_steps(tmp_path):
+    # random-pair steps (schedule off) must not reuse the previous step's selection statistics
+    result = demo.main(["--tiny", "--epochs", "2", "--hvs-probability", "0.5", "--hvs-start-epoch", "1",
+                        "--out", str(tmp_path), "--threads", "1"])
+    assert math.isfinite(result["hardness_gap"]) and 0.0 <= result["lowest_iou_fraction"] <= 1.0

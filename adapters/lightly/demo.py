@@ -243,7 +243,10 @@ def train(
         _Images(images, transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
         num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed),
     )
-    criterion = HVSLoss(NegativeCosineSimilarity(), n_views=n_views, seed=args.seed, enabled=hvs)
+    criterion = HVSLoss(
+        NegativeCosineSimilarity(), n_views=n_views, seed=args.seed, enabled=hvs,
+        start_epoch=args.hvs_start_epoch, probability=args.hvs_probability,
+    )
     steps = args.epochs * len(loader)
     lr = args.lr * args.batch_size / 256
     pred = list(model.prediction_head.parameters())
@@ -258,7 +261,8 @@ def train(
     for epoch in range(args.epochs):
         for (views, boxes), _ in loader:
             t0 = time.perf_counter()
-            x0, x1 = criterion.select(views, model, boxes=boxes)  # baseline: enabled=False → views 0, 1
+            before = criterion.last_selection
+            x0, x1 = criterion.select(views, model, boxes=boxes, epoch=epoch)  # baseline: enabled=False → views 0, 1
             x0, x1 = x0.to(device), x1.to(device)
             z0, p0 = model(x0)
             z1, p1 = model(x1)
@@ -271,7 +275,7 @@ def train(
                 torch.cuda.synchronize()
             step_times.append(time.perf_counter() - t0)
             losses.append(loss.item())
-            if hvs:
+            if hvs and criterion.last_selection is not before:  # a step with selection (not a random-pair step)
                 st = criterion.last_stats
                 gaps.append(st.hardness_gap)
                 if st.lowest_iou_fraction is not None:
@@ -321,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default=None, help="folder of images (one subfolder per class for kNN, or flat); default: embedded shapes")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=24)
     p.add_argument("--n-views", type=int, default=4, help="HVS candidates per image (the paper: 4)")
@@ -330,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.5, help="learning rate per 256 samples")
     p.add_argument("--min-scale", type=float, default=0.3, help="RandomResizedCrop min scale of SimSiamTransform")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hvs-start-epoch", type=int, default=0, help="HVS from this epoch on (random pairs before)")
+    p.add_argument("--hvs-probability", type=float, default=1.0, help="HVS on this fraction of steps (random pairs on the others)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="hvs_out", help="folder for the figures")
@@ -372,7 +378,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if len(train_images) < args.batch_size:
         raise SystemExit(f"{len(train_images)} training images < --batch-size {args.batch_size}")
 
-    print(f"HVS demo: SimSiam on {source}, {args.epochs} epochs, batch {args.batch_size}, N={args.n_views}, device {device}")
+    mix = "" if args.hvs_probability >= 1 and not args.hvs_start_epoch else (
+        f" (HVS on {args.hvs_probability:.0%} of steps from epoch {args.hvs_start_epoch}, random pairs otherwise)")
+    print(f"HVS demo: SimSiam on {source}, {args.epochs} epochs, batch {args.batch_size}, N={args.n_views}{mix}, device {device}")
     base = train(args, train_images, hvs=False, device=device, desc="baseline")
     hvs = train(args, train_images, hvs=True, device=device, desc=f"HVS N={args.n_views}")
 
