@@ -133,7 +133,7 @@ def test_lightly_selection_does_not_consume_the_global_rng():
 
 # ------------------------------------------------------------------ solo-learn (DINO multi-crop, capped)
 @pytest.mark.skipif(not HAS["solo"], reason="solo-learn is not installed here (install it from its repository, "
-                    "see docs/solo_learn.md; e.g. run with .venv-solo/bin/python)")
+                    "see README.md's solo-learn section; e.g. run with .venv-solo/bin/python)")
 def test_solo_learn_dino_capped_same_seed_same_selections_and_parameters():
     from omegaconf import OmegaConf
     from solo.args.pretrain import parse_cfg

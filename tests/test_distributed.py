@@ -325,7 +325,7 @@ def test_mmselfsup_mocov3_torchrun_gathered_keys(tmp_path):
 needs_solo = pytest.mark.skipif(
     not has("solo"),
     reason="solo-learn is not installed here (the registry has no usable build; install it from its "
-    "repository, see docs/solo_learn.md — e.g. run this file with .venv-solo/bin/python)",
+    "repository, see README.md's solo-learn section — e.g. run this file with .venv-solo/bin/python)",
 )
 
 

@@ -34,7 +34,7 @@ needs_mmselfsup = pytest.mark.skipif(not HAS["mmselfsup"], reason="MMSelfSup not
 needs_solo = pytest.mark.skipif(
     not HAS["solo"],
     reason="solo-learn is not installed here (no usable registry build; install it from its repository, "
-    "see docs/solo_learn.md, e.g. run this file with .venv-solo/bin/python)",
+    "see README.md's solo-learn section, e.g. run this file with .venv-solo/bin/python)",
 )
 
 

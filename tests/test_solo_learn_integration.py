@@ -20,7 +20,7 @@ import torch
 solo = pytest.importorskip(
     "solo",
     reason="solo-learn is not installed (the registry has no usable build): install it from its "
-    "repository, see docs/solo_learn.md, to run the solo-learn integration tests",
+    "repository, see README.md's solo-learn section, to run the solo-learn integration tests",
 )
 from omegaconf import OmegaConf  # noqa: E402
 from solo.args.pretrain import parse_cfg  # noqa: E402

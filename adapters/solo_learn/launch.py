@@ -36,7 +36,7 @@ def load_main_pretrain(path: str) -> ModuleType:
         import solo  # noqa: F401
     except ImportError as err:
         raise ImportError(
-            "solo-learn is not importable: install it from its repository (see docs/solo_learn.md; "
+            "solo-learn is not importable: install it from its repository (see README.md's solo-learn section; "
             "the registry's solo-learn 1.0.2 is an old build and does not work)"
         ) from err
     name = "hvs_solo_main_pretrain"
