@@ -382,13 +382,13 @@ def lightly_two_view(method: str, prof: dict, device: torch.device, n_views: int
                 resolutions=list(prof["resolutions"]))
 
 
-def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bool) -> Case:
+def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bool, backbone: Optional[str] = None) -> Case:
     from lightly.loss import DINOLoss
     from lightly.models.utils import update_momentum
 
     from hvs_plugins.adapters.lightly import HVSLoss
 
-    d = prof["dino"]
+    d = dict(prof["dino"], backbone=backbone) if backbone else prof["dino"]
     torch.manual_seed(0)
     backbone, dim = make_backbone(d["backbone"], d["global_size"], prof["stem"])
     model = DINOModel(backbone, dim, d["out_dim"]).to(device)
@@ -400,10 +400,13 @@ def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bo
     gen = torch.Generator().manual_seed(2)
     n_local, batch = d["n_local"], d["batch"]
 
-    def train(views, teacher_out=None):
+    def momentum():
         update_momentum(model.student_backbone, model.teacher_backbone, m=0.996)
         update_momentum(model.student_head, model.teacher_head, m=0.996)
+
+    def train(views, teacher_out=None):
         if teacher_out is None:
+            momentum()
             teacher_out = [model.forward_teacher(v) for v in views[:2]]
         student_out = [model.forward(v) for v in views]
         loss = crit(teacher_out, student_out, epoch=0)
@@ -430,21 +433,12 @@ def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bo
         train(crit.select(views, model, model.forward_teacher, epoch=0))
 
     def hvs_reuse_teacher(views, v):
-        """PROTOTYPE of an adapter change (not in the adapter): the selection's teacher outputs of
-        the 2 chosen globals are handed to the training step instead of a second teacher forward.
-        Exact for LayerNorm backbones (ViT) at selection resolution 1.0 if the momentum update is
-        moved after the step; with a BatchNorm teacher in train mode the batch statistics differ."""
-        sel = crit.selector
-        glob, loc = views[:4], views[4:]
-        with sel.scoring([model, base]):
-            t_out = sel.forward_views(model.forward_teacher, glob)[0]
-            s_out = torch.cat([sel.forward_views(model.forward, glob)[0], sel.forward_views(model.forward, loc)[0]])
-            ce = dino_cross_entropy(t_out, s_out, base.center, crit._teacher_temp(0, None), float(base.student_temp))
-        choice = CombinationSpace(4, 2 * n_local, n_local).exact_search(ce, sel.generator)
-        layout = gather_views(glob, choice.globals_) + gather_views(loc, choice.locals_)
-        m = torch.arange(batch, device=t_out.device)
-        g = choice.globals_.to(t_out.device)
-        train(layout, teacher_out=[t_out[g[:, 0], m], t_out[g[:, 1], m]])
+        """The adapter's ``return_teacher_out=True``: the selection's teacher outputs of the 2 chosen
+        globals replace the training step's teacher forward (select after the momentum update).
+        The adapter allows it only for teachers without BatchNorm/dropout in train mode (ViT)."""
+        momentum()
+        layout, teacher_out = crit.select(views, model, model.forward_teacher, epoch=0, return_teacher_out=True)
+        train(layout, teacher_out=teacher_out)
 
     def core(views, v):
         sel = crit.selector
@@ -473,7 +467,8 @@ def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bo
         return out
 
     size = f"2x{d['global_size']}+{n_local}x{d['local_size']}"
-    return Case("lightly", "dino", batch, size, d["backbone"] + (f" ({prof['stem']} stem)" if d["backbone"].startswith("resnet") else ""),
+    label = "dino" if d is prof["dino"] else f"dino ({d['backbone']})"
+    return Case("lightly", label, batch, size, d["backbone"] + (f" ({prof['stem']} stem)" if d["backbone"].startswith("resnet") else ""),
                 4 + 2 * n_local, None if exact else cap, candidates, host, hvs, core, configure,
                 notes="exact search" if exact else f"cap {cap}", resolutions=list(prof["resolutions"]))
 
@@ -763,6 +758,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--dino-reps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="batch of the two-view methods (GPU: the largest that fits)")
     p.add_argument("--dino-batch", type=int, default=None)
+    p.add_argument("--dino-backbone", choices=["resnet18", "resnet50", "vit_tiny", "vit_s16", "small"], default=None,
+                   help="DINO backbone instead of the profile's (records are labelled 'dino (<backbone>)')")
     p.add_argument("--knob-reps", type=int, default=None)
     p.add_argument("--knob-steps", type=int, default=None)
     p.add_argument("--no-exact-search", action="store_true")
@@ -851,16 +848,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                 records += stage(f"lightly {method} (N=4)", go)
             elif host == "lightly" and method == "dino":
                 def go_dino():
-                    case = lightly_dino(prof, device, cap=None, exact=True)
+                    case = lightly_dino(prof, device, cap=None, exact=True, backbone=a.dino_backbone)
                     vs = default_variants + [dict(v) for v in fix_variants if v["resolution"] == 1.0 and v["name"] != "joint_views"]
-                    if fix_variants:
+                    # teacher reuse is exact (and allowed by the adapter) only without BatchNorm: ViTs
+                    if fix_variants and (a.dino_backbone or prof["dino"]["backbone"]).startswith("vit"):
                         vs += [{"name": "reuse_teacher", "resolution": 1.0, "reuse_teacher": True, "memory": False}]
                         vs += [dict(v, name=v["name"] + "+reuse_teacher", reuse_teacher=True) for v in fix_variants
                                if v["resolution"] == 1.0 and v["name"] != "joint_views"]
                     recs = timing(case, vs, prof["dino_reps"])
                     if a.only_variants:
                         return recs
-                    capped = lightly_dino(prof, device, cap=128, exact=False)
+                    capped = lightly_dino(prof, device, cap=128, exact=False, backbone=a.dino_backbone)
                     recs += timing(capped, [{"name": "cap128", "resolution": 1.0, "memory": False}], prof["dino_reps"])
                     return recs
                 records += stage("lightly dino (4G+16L candidates, 2G+8L trained)", go_dino)

@@ -378,6 +378,71 @@ def test_dino_exact_beats_capped_search():
     assert (exact.last_selection.losses >= capped.last_selection.losses - 1e-6).all()
 
 
+class LayerNormDINO(DINO):
+    """DINO with a BatchNorm-free backbone (LayerNorm, as a ViT): per-sample teacher outputs."""
+
+    def __init__(self, out_dim: int = 32, dropout: float = 0.0) -> None:
+        super().__init__(out_dim)
+        self.student_backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(8),
+            nn.Dropout(dropout),
+        )
+        self.teacher_backbone = copy.deepcopy(self.student_backbone)
+        deactivate_requires_grad(self.teacher_backbone)
+
+
+def _dino_candidates(m: int = 6) -> list:
+    return [torch.randn(m, 3, 16, 16) for _ in range(4)] + [torch.randn(m, 3, 8, 8) for _ in range(4)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_dino_teacher_outputs_are_reused_exactly(exact):
+    torch.manual_seed(0)
+    model, views = LayerNormDINO(), _dino_candidates()
+    crit = HVSLoss(DINOLoss(output_dim=32, warmup_teacher_temp_epochs=2), exact=exact, cap=16)
+    with torch.no_grad():
+        crit.criterion.center.add_(0.01)
+    snap = snapshot(model, crit)
+    out, teacher_out = crit.select(views, model, model.forward_teacher, epoch=0, return_teacher_out=True)
+    assert_unchanged(snap, model, crit)
+    assert len(out) == 2 + 2 and len(teacher_out) == 2
+    ref = [model.forward_teacher(v) for v in out[:2]]  # what the training step would compute
+    for got, want in zip(teacher_out, ref):
+        assert got.shape == want.shape == (6, 32)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    student_out = [model(v) for v in out]
+    reference_loss = copy.deepcopy(crit.criterion)(ref, student_out, epoch=0)
+    torch.testing.assert_close(crit(teacher_out, student_out, epoch=0), reference_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_dino_teacher_outputs_on_schedule_off_steps():
+    torch.manual_seed(0)
+    model, views = LayerNormDINO(), _dino_candidates()
+    crit = HVSLoss(DINOLoss(output_dim=32), every=2)
+    crit.select(views, model, model.forward_teacher, return_teacher_out=True)  # step 0 selects
+    out, teacher_out = crit.select(views, model, model.forward_teacher, return_teacher_out=True)  # step 1: off
+    assert torch.equal(out[0], views[0]) and torch.equal(out[1], views[1])
+    for got, v in zip(teacher_out, out[:2]):
+        assert torch.equal(got, model.forward_teacher(v))
+
+
+def test_dino_teacher_reuse_refuses_inexact_settings():
+    views = _dino_candidates()
+    bn = DINO()  # BatchNorm backbone in train mode: batch statistics differ between the two forwards
+    with pytest.raises(ValueError, match=r"return_teacher_out=True needs a teacher .* teacher_backbone\.1 \(BatchNorm2d\)"):
+        HVSLoss(DINOLoss(output_dim=32)).select(views, bn, bn.forward_teacher, return_teacher_out=True)
+    drop = LayerNormDINO(dropout=0.1)
+    with pytest.raises(ValueError, match=r"Dropout, p=0\.1"):
+        HVSLoss(DINOLoss(output_dim=32)).select(views, drop, drop.forward_teacher, return_teacher_out=True)
+    drop.eval()  # no dropout in eval mode: reuse is exact again
+    HVSLoss(DINOLoss(output_dim=32)).select(views, drop, drop.forward_teacher, return_teacher_out=True)
+    ln = LayerNormDINO()
+    with pytest.raises(ValueError, match=r"needs selection at full resolution \(resolution_scale=1\.0, got 0\.5\)"):
+        HVSLoss(DINOLoss(output_dim=32), resolution_scale=0.5).select(views, ln, ln.forward_teacher, return_teacher_out=True)
+    with pytest.raises(ValueError, match="return_teacher_out=True is for DINOLoss"):
+        HVSLoss(NegativeCosineSimilarity()).select(views[:4], SimSiam(), return_teacher_out=True)
+
+
 def test_candidate_views_picklable_for_spawned_workers():
     import pickle
 

@@ -176,6 +176,24 @@ def _owner_modules(fns: Sequence[Any]) -> list[nn.Module]:
     return out
 
 
+def _batch_coupled(modules: Sequence[nn.Module]) -> list[str]:
+    """Submodules whose train-mode output for a sample depends on the rest of the batch or on the
+    RNG (BatchNorm, dropout with p > 0): a teacher with them cannot hand its selection outputs to
+    the training step unchanged."""
+    found = []
+    for owner in modules:
+        for name, m in owner.named_modules():
+            if not m.training:
+                continue
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                found.append(f"{name or type(owner).__name__} ({type(m).__name__})")
+            elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+                found.append(f"{name} ({type(m).__name__}, p={m.p})")
+            elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+                found.append(f"{name} (MultiheadAttention, dropout={m.dropout})")
+    return found
+
+
 def _device_of(modules: Sequence[nn.Module]) -> Optional[torch.device]:
     for m in modules:
         for t in list(m.parameters()) + list(m.buffers()):
@@ -308,6 +326,7 @@ class HVSLoss(nn.Module):
         teacher_temp: Optional[float] = None,
         modules: Sequence[nn.Module] = (),
         boxes: Optional[torch.Tensor] = None,
+        return_teacher_out: bool = False,
     ) -> Any:
         """The hard views of this batch.
 
@@ -322,6 +341,14 @@ class HVSLoss(nn.Module):
 
         Returns ``(x0, x1)`` for two-view losses and DINO's list ``[g_a, g_b, l_1, ..., l_n]``, on
         the networks' device. ``self.last_selection`` / ``self.last_stats`` keep the details.
+
+        ``return_teacher_out=True`` (DINO): returns ``(views, teacher_out)``, ``teacher_out`` being
+        the selection's teacher outputs of the 2 chosen globals (``[M, D]`` each, float32), so the
+        training step skips its own teacher forward (saves 2 of the HVS step's global forwards).
+        Call ``select`` where the teacher forward was (after the momentum update). Allowed only
+        when reusing is exact: selection at ``resolution_scale=1.0`` and a teacher whose output per
+        sample does not depend on the batch or the RNG (no BatchNorm or dropout in train mode, e.g.
+        a ViT); with ``autocast_dtype`` the outputs carry that precision.
         """
         if (
             isinstance(views, (tuple, list)) and len(views) == 2 and isinstance(views[0], (tuple, list))
@@ -333,9 +360,12 @@ class HVSLoss(nn.Module):
         device = _device_of(mods)
         if device is not None:
             views = [v.to(device, non_blocking=True) for v in views]
+        if return_teacher_out:
+            self._check_teacher_reuse(_owner_modules([target if target is not None else model]))
         if self.is_dino:
             active = self._active(epoch)
-            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp, boxes, active)
+            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp,
+                                     boxes, active, return_teacher_out)
         if len(views) != self.n_views:
             raise ValueError(
                 f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
@@ -357,6 +387,28 @@ class HVSLoss(nn.Module):
         self.last_stats = selection_stats(selection, boxes)
         return selection.gather(views)
 
+    def _check_teacher_reuse(self, teachers: Sequence[nn.Module]) -> None:
+        if not self.is_dino:
+            raise ValueError(
+                f"return_teacher_out=True is for DINOLoss (it hands the teacher's selection outputs to "
+                f"the training step); {type(self.criterion).__name__} returns the selected views only"
+            )
+        if self.selector.resolution_scale != 1.0:
+            raise ValueError(
+                f"return_teacher_out=True needs selection at full resolution (resolution_scale=1.0, got "
+                f"{self.selector.resolution_scale}): the teacher's outputs at reduced resolution are not "
+                "the ones the training step would compute. Drop return_teacher_out or the resolution scale."
+            )
+        coupled = _batch_coupled(teachers)
+        if coupled:
+            raise ValueError(
+                "return_teacher_out=True needs a teacher whose output per sample does not depend on the "
+                "batch or the RNG, so that its selection outputs equal those of the training step; the "
+                f"teacher's module has in train mode: {', '.join(coupled[:4])}"
+                f"{' ...' if len(coupled) > 4 else ''}. Call select without return_teacher_out and "
+                "forward the teacher on views[:2] as before."
+            )
+
     def _teacher_temp(self, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
         c = self.criterion
         if teacher_temp is not None:
@@ -365,7 +417,7 @@ class HVSLoss(nn.Module):
             return float(c.teacher_temp_schedule[epoch])
         return float(c.teacher_temp)
 
-    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes, active=True):
+    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes, active=True, want_teacher=False):
         g = self.n_global_candidates
         if len(views) < g:
             raise ValueError(f"DINO HVS needs {g} global candidates (2 per global crop) first, got {len(views)} views")
@@ -377,7 +429,11 @@ class HVSLoss(nn.Module):
             )
         n_local = len(loc) // 2
         if not active:
-            return [glob[0], glob[1]] + loc[::2]
+            out = [glob[0], glob[1]] + loc[::2]
+            if want_teacher:
+                with torch.no_grad():
+                    return out, [teacher(v) for v in out[:2]]
+            return out
         space = CombinationSpace(g, len(loc), n_local, self.global_pairing)
         sel = self.selector
         with sel.scoring(mods):
@@ -395,4 +451,8 @@ class HVSLoss(nn.Module):
         out = gather_views(glob, choice.globals_)
         if n_local:
             out += gather_views(loc, choice.locals_)
+        if want_teacher:  # t_out: [G, M, D]; choice.globals_: [M, 2] candidate index per slot
+            g = choice.globals_.to(t_out.device)
+            m = torch.arange(g.shape[0], device=t_out.device)
+            return out, [t_out[g[:, 0], m], t_out[g[:, 1], m]]
         return out
