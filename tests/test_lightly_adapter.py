@@ -439,6 +439,11 @@ def test_dino_teacher_reuse_refuses_inexact_settings():
     ln = LayerNormDINO()
     with pytest.raises(ValueError, match=r"needs selection at full resolution \(resolution_scale=1\.0, got 0\.5\)"):
         HVSLoss(DINOLoss(output_dim=32), resolution_scale=0.5).select(views, ln, ln.forward_teacher, return_teacher_out=True)
+    with pytest.raises(ValueError, match=r"must check the teacher network, but the teacher forward is a plain function"):
+        HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x),
+                                                return_teacher_out=True)
+    HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x),
+                                            return_teacher_out=True, modules=[ln])
     with pytest.raises(ValueError, match="return_teacher_out=True is for DINOLoss"):
         HVSLoss(NegativeCosineSimilarity()).select(views[:4], SimSiam(), return_teacher_out=True)
 

@@ -361,7 +361,7 @@ class HVSLoss(nn.Module):
         if device is not None:
             views = [v.to(device, non_blocking=True) for v in views]
         if return_teacher_out:
-            self._check_teacher_reuse(_owner_modules([target if target is not None else model]))
+            self._check_teacher_reuse(_owner_modules([target if target is not None else model]) or list(modules))
         if self.is_dino:
             active = self._active(epoch)
             return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp,
@@ -398,6 +398,12 @@ class HVSLoss(nn.Module):
                 f"return_teacher_out=True needs selection at full resolution (resolution_scale=1.0, got "
                 f"{self.selector.resolution_scale}): the teacher's outputs at reduced resolution are not "
                 "the ones the training step would compute. Drop return_teacher_out or the resolution scale."
+            )
+        if not teachers:
+            raise ValueError(
+                "return_teacher_out=True must check the teacher network, but the teacher forward is a plain "
+                "function: pass model.forward_teacher (a bound method) or the module, or list the teacher's "
+                "module in modules=[...]"
             )
         coupled = _batch_coupled(teachers)
         if coupled:
