@@ -699,7 +699,7 @@ def exact_search_timing(device: torch.device, meta: dict, log, batch: int = 256)
 
 
 def _layout(r: dict) -> str:
-    if r["method"] == "dino":
+    if r["method"].split(" ")[0] == "dino":
         return f"4G+{r['n_views'] - 4}L"
     return f"N={r['n_views']}"
 
