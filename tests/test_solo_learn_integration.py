@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -317,6 +318,28 @@ def _image_folder(root: Path, n_classes: int = 2, per_class: int = 8, size: int 
             Image.fromarray(arr).save(d / f"{i}.png")
 
 
+def _run_main_pretrain(tmp_path: Path, tree: Path, cfg: Optional[dict] = None, *, launcher: bool = True,
+                       config_dir: Optional[Path] = None, config_name: str = "run", overrides: tuple = ()) -> str:
+    """Run solo-learn's main_pretrain.py (through our launcher unless ``launcher=False``) on ``cfg``
+    (written to tmp_path/conf/run.yaml) or on ``config_dir/config_name``; asserts exit 0, returns
+    the output."""
+    if cfg is not None:
+        (tmp_path / "conf").mkdir()
+        (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        config_dir = tmp_path / "conf"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("HVS_SOLO_MAIN_PRETRAIN", None)
+    prefix = ["-m", "hvs_plugins.adapters.solo_learn.launch"] if launcher else []
+    proc = subprocess.run(
+        [sys.executable, *prefix, str(tree / "main_pretrain.py"), "--config-path", str(config_dir),
+         "--config-name", config_name, *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["simsiam", "dino_multicrop"])
 def test_main_pretrain_one_epoch_through_launcher(tmp_path, config):
@@ -330,16 +353,7 @@ def test_main_pretrain_one_epoch_through_launcher(tmp_path, config):
     cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
                 "checkpoint": {"enabled": True, "dir": str(tmp_path / "ckpt"), "frequency": 1},
                 "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
-         "--config-path", str(tmp_path / "conf"), "--config-name", "run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    out = _run_main_pretrain(tmp_path, tree, cfg)
     assert "[hvs] Hard View Selection on for" in out
     expected = "HVSDINO" if method == "dino" else "HVSSimSiam"
     assert f"[hvs] first selection by {expected}" in out, out[-4000:]
@@ -362,16 +376,7 @@ def test_main_pretrain_with_hydra_callback(tmp_path):
     cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
                 "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)},
                           "callbacks": {"hvs": {"_target_": "hvs_plugins.adapters.solo_learn.HVSHydraCallback"}}}})
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, str(tree / "main_pretrain.py"), "--config-path", str(tmp_path / "conf"),
-         "--config-name", "run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    out = _run_main_pretrain(tmp_path, tree, cfg, launcher=False)
     assert "[hvs] first selection by HVSSimCLR" in out, out[-4000:]
 
 
@@ -390,14 +395,8 @@ def test_ready_configs_run_through_the_launcher(tmp_path, name):
     ]
     if name == "cifar_dino_hvs":
         overrides.append("method_kwargs.num_prototypes=64")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
-         "--config-path", str(REPO / "configs" / "solo_learn"), "--config-name", name, *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    out = _run_main_pretrain(tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name=name,
+                             overrides=tuple(overrides))
     expected = {"cifar_simsiam_hvs": "HVSSimSiam: 4 large candidates + 0 small",
                 "cifar_simclr_hvs": "HVSSimCLR: 4 large candidates + 0 small",
                 "cifar_dino_hvs": "HVSDINO: 4 large candidates + 16 small -> 10 crops"}[name]
@@ -417,17 +416,7 @@ def test_launcher_two_process_cpu_ddp(tmp_path, method):
     cfg["optimizer"]["batch_size"] = 4
     cfg.update({"max_epochs": 1, "limit_train_batches": 1, "enable_progress_bar": False,
                 "devices": "2", "strategy": "ddp", "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env.pop("HVS_SOLO_MAIN_PRETRAIN", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "hvs_plugins.adapters.solo_learn.launch", str(tree / "main_pretrain.py"),
-         "--config-path", str(tmp_path / "conf"), "--config-name", "run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    out = _run_main_pretrain(tmp_path, tree, cfg)
     assert out.count("[hvs] first selection by") == 2, out[-4000:]  # both ranks select
 
 
