@@ -45,9 +45,8 @@ def core_table(records: list[dict]) -> str:
     records = sorted((r for r in records if r["kind"] == "step"), key=_order)
     rows = ["| host | method | variant | res. | core ms | parts (ms) |", "|---|---|---|---|---|---|"]
     for r in records:
-        if r["kind"] == "step":
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["core_parts_ms"].items())
-            rows.append(f"| {r['host']} | {r['method']} | {r['variant']} | {r['resolution']:.0%} | {r['core_ms']:.2f} | {parts} |")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r["core_parts_ms"].items())
+        rows.append(f"| {r['host']} | {r['method']} | {r['variant']} | {r['resolution']:.0%} | {r['core_ms']:.2f} | {parts} |")
     return "\n".join(rows)
 
 
@@ -55,7 +54,7 @@ def memory_table(records: list[dict]) -> str:
     records = sorted((r for r in records if r["kind"] == "step"), key=_order)
     rows = ["| host | method | res. | host step peak | HVS step peak | ratio | step delta host → HVS |", "|---|---|---|---|---|---|---|"]
     for r in records:
-        if r["kind"] == "step" and r.get("memory_ratio") is not None:
+        if r.get("memory_ratio") is not None:
             rows.append(f"| {r['host']} | {r['method']} | {r['resolution']:.0%} | {r['host_peak_mb']:.0f} MB | {r['hvs_peak_mb']:.0f} MB | "
                         f"x{r['memory_ratio']:.3f} | {r['host_step_mb']:.0f} → {r['hvs_step_mb']:.0f} MB (x{r['memory_delta_ratio']:.2f}) |")
     return "\n".join(rows)

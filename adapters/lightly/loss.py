@@ -185,12 +185,13 @@ def _batch_coupled(modules: Sequence[nn.Module]) -> list[str]:
         for name, m in owner.named_modules():
             if not m.training:
                 continue
+            where = name or type(owner).__name__
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                found.append(f"{name or type(owner).__name__} ({type(m).__name__})")
+                found.append(f"{where} ({type(m).__name__})")
             elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-                found.append(f"{name} ({type(m).__name__}, p={m.p})")
+                found.append(f"{where} ({type(m).__name__}, p={m.p})")
             elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-                found.append(f"{name} (MultiheadAttention, dropout={m.dropout})")
+                found.append(f"{where} (MultiheadAttention, dropout={m.dropout})")
     return found
 
 
