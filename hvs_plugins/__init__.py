@@ -25,6 +25,7 @@ from .selection import (
     warn_fallbacks,
 )
 from .stats import SelectionStats, selection_stats
+from .swav import swav_codes, swav_cross_entropy, swav_pair_losses
 
 __version__ = "0.1.0"
 
@@ -35,5 +36,5 @@ __all__ = [
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
     "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
-    "HVSFallbackWarning", "warn_fallbacks",
+    "HVSFallbackWarning", "warn_fallbacks", "swav_codes", "swav_cross_entropy", "swav_pair_losses",
 ]
