@@ -19,6 +19,7 @@ from .selection import (
     HVSFallbackWarning,
     Selection,
     argmax_with_fallback,
+    check_candidate_views,
     gather_pair,
     gather_views,
     select_hardest,
@@ -36,5 +37,5 @@ __all__ = [
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
     "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
-    "HVSFallbackWarning", "warn_fallbacks", "swav_codes", "swav_cross_entropy", "swav_pair_losses",
+    "HVSFallbackWarning", "warn_fallbacks", "check_candidate_views", "swav_codes", "swav_cross_entropy", "swav_pair_losses",
 ]

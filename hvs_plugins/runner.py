@@ -10,7 +10,7 @@ from torch import nn
 
 from .guard import preserve_state
 from .pairs import check_n_views, make_pairs
-from .selection import Selection, Views, as_view_list, select_hardest
+from .selection import EMPTY_BATCH, Selection, Views, as_view_list, check_candidate_views, select_hardest
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 ForwardFn = Callable[[torch.Tensor], Outputs]
@@ -138,6 +138,7 @@ class HardViewSelector:
         :meth:`forward_views` and returns ``[P, M]``. ``modules``: every network the forward uses
         (their buffers, parameters and the RNG are left bitwise unchanged).
         """
+        views = check_candidate_views(views, self.n_views, modules)
         with self.scoring(modules):
             outputs = self.forward_views(forward, views, self.n_views)
             losses = pair_loss(*outputs, pairs=self.pairs)
@@ -152,6 +153,8 @@ def chunk_bounds(m: int, chunk_size: Optional[int]) -> list[tuple[int, int]]:
     """``(start, stop)`` of each selection chunk over M samples. A chunk larger than the batch is
     the whole batch; a 1-sample remainder joins the previous chunk (train-mode BatchNorm cannot
     normalise a single sample)."""
+    if m < 1:
+        raise ValueError(EMPTY_BATCH)
     chunk = m if chunk_size is None else min(chunk_size, m)
     bounds = [(s, min(s + chunk, m)) for s in range(0, m, chunk)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:

@@ -25,11 +25,10 @@ def argmax_with_fallback(
     masked = torch.where(finite, losses, torch.full_like(losses, float("-inf")))
     index = masked.argmax(dim=0)  # first maximum on ties (documented torch behaviour)
     fallback = ~finite.any(dim=0)
-    if bool(fallback.any()):
-        n_fb = int(fallback.sum())
-        draw = torch.randint(losses.shape[0], (n_fb,), generator=generator).to(index.device)
-        index = index.clone()
-        index[fallback] = draw
+    # One draw per sample from the (CPU) generator every call, used where a sample falls back:
+    # no host read of the device's fallback mask (no sync), and the same draws on every device.
+    draw = torch.randint(losses.shape[0], (losses.shape[1],), generator=generator)
+    index = torch.where(fallback, draw.to(index.device, non_blocking=True), index)
     return index, fallback
 
 
@@ -39,11 +38,16 @@ class HVSFallbackWarning(UserWarning):
 
 def warn_fallbacks(fallback: torch.Tensor, what: str = "pair loss", stacklevel: int = 3) -> int:
     """Warn (``HVSFallbackWarning``) when ``fallback: [M]`` flags samples whose candidates were all
-    non-finite; returns their count. Adapters call it after every selection."""
-    n = int(fallback.sum())
+    non-finite; returns their count. Adapters call it after every selection (on a device tensor
+    this waits for the device; see :class:`~hvs_plugins.deferred.DeferredFallbackWarnings`)."""
+    return warn_fallback_count(int(fallback.sum()), fallback.numel(), what, stacklevel + 1)
+
+
+def warn_fallback_count(n: int, n_samples: int, what: str = "pair loss", stacklevel: int = 3) -> int:
+    """:func:`warn_fallbacks` from a count already on the host (``n`` of ``n_samples``)."""
     if n:
         warnings.warn(
-            f"HVS: {n} of {fallback.numel()} samples had no finite {what} (NaN/inf in the model's "
+            f"HVS: {n} of {n_samples} samples had no finite {what} (NaN/inf in the model's "
             "outputs during selection); they train on a random candidate pair drawn from the "
             "selector's own generator. Training continues; if this repeats, look for overflow "
             "(autocast_dtype, resolution_scale) or bad inputs.",
@@ -51,6 +55,73 @@ def warn_fallbacks(fallback: torch.Tensor, what: str = "pair loss", stacklevel: 
             stacklevel=stacklevel,
         )
     return n
+
+
+EMPTY_BATCH = (
+    "HVS got an empty batch (0 samples in a candidate view): there is nothing to select; skip empty "
+    "batches before the training step (e.g. a sampler or filter that can yield none), or use "
+    "drop_last=True in the DataLoader"
+)
+
+
+def _not_a_tensor(views: Sequence[object]) -> Optional[str]:
+    for i, v in enumerate(views):
+        if not isinstance(v, torch.Tensor):
+            return (
+                f"candidate view {i} is a {type(v).__name__}, not a torch.Tensor: HVS needs the N "
+                "candidate views as tensors [M, C, H, W] (a list of N tensors or one [N, M, ...] "
+                "tensor); end each view transform with ToTensor / ToImage + ToDtype, or collate "
+                "the views into tensors"
+            )
+    return None
+
+
+def _train_mode_batchnorm(modules: Sequence[torch.nn.Module]) -> Optional[str]:
+    for owner in modules:
+        for name, m in owner.named_modules():
+            if m.training and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                return name or type(owner).__name__
+    return None
+
+
+def check_candidate_views(
+    views: Views,
+    n_views: Optional[int] = None,
+    modules: Sequence[torch.nn.Module] = (),
+    same_shape: bool = True,
+) -> list[torch.Tensor]:
+    """The adapters' entry check of a batch's candidate views: N tensors ``[M, ...]`` (a list or
+    one ``[N, M, ...]`` tensor), ``n_views`` of them if given, at least one sample, and more than
+    one sample when ``modules`` have BatchNorm in train mode (it cannot normalise one sample).
+    ``same_shape=False`` for multi-crop lists (globals and locals differ). Every failure names
+    the cause and the fix; returns the views as a list."""
+    if isinstance(views, torch.Tensor):
+        vs = as_view_list(views, n_views)
+    else:
+        if not isinstance(views, (list, tuple)):
+            raise TypeError(
+                f"candidate views must be a list of N tensors [M, C, H, W] (or one [N, M, ...] tensor), "
+                f"got {type(views).__name__}"
+            )
+        bad = _not_a_tensor(views)
+        if bad:
+            raise TypeError(bad)
+        vs = as_view_list(views, n_views) if same_shape else list(views)
+    if not vs:
+        raise ValueError("no candidate views: the batch holds 0 views; make the data pipeline emit the N candidates")
+    m = vs[0].shape[0] if vs[0].dim() else 0
+    if m == 0 or any(v.dim() == 0 or v.shape[0] == 0 for v in vs):
+        raise ValueError(EMPTY_BATCH)
+    if m == 1:
+        bn = _train_mode_batchnorm(modules)
+        if bn is not None:
+            raise ValueError(
+                f"HVS got a batch of 1 sample, but the model has BatchNorm in train mode ({bn}), which "
+                "cannot normalise a single sample (torch: 'Expected more than 1 value per channel when "
+                "training'): use drop_last=True in the DataLoader (the last batch of an epoch can hold "
+                "a single sample) or a batch size > 1"
+            )
+    return vs
 
 
 def as_view_list(views: Views, n_views: Optional[int] = None) -> list[torch.Tensor]:
@@ -62,8 +133,9 @@ def as_view_list(views: Views, n_views: Optional[int] = None) -> list[torch.Tens
         out = list(views.unbind(0))
     else:
         out = list(views)
-        if not all(isinstance(v, torch.Tensor) for v in out):
-            raise TypeError("views must be tensors (a list of N tensors [M, ...] or one [N, M, ...] tensor)")
+        bad = _not_a_tensor(out)
+        if bad:
+            raise TypeError(bad)
     if n_views is not None and len(out) != n_views:
         raise ValueError(
             f"expected {n_views} candidate views per sample, got {len(out)}: make the data pipeline "
@@ -86,16 +158,16 @@ def gather_views(views: Views, choice: torch.Tensor) -> list[torch.Tensor]:
     m = vs[0].shape[0]
     if choice.dim() != 2 or choice.shape[0] != m:
         raise ValueError(f"choice must be [M={m}, K], got {list(choice.shape)}")
-    if choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= len(vs)):
+    # range check on host tensors only: reading a device tensor would wait for the GPU
+    if choice.device.type == "cpu" and choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= len(vs)):
         raise ValueError(f"choice indexes views 0..{len(vs) - 1} only")
-    choice = choice.to(vs[0].device)
+    choice = choice.to(vs[0].device, non_blocking=True)
     out = []
     for j in range(choice.shape[1]):
         slot = vs[0].clone()
-        for v in range(1, len(vs)):  # N masked copies, no [N, M, ...] stack
-            mask = choice[:, j] == v
-            if bool(mask.any()):
-                slot[mask] = vs[v][mask]
+        for v in range(1, len(vs)):  # N in-place masked selects: no [N, M, ...] stack, no host sync
+            mask = (choice[:, j] == v).view(-1, *([1] * (slot.dim() - 1)))
+            torch.where(mask, vs[v], slot, out=slot)
         out.append(slot)
     return out
 
@@ -103,7 +175,7 @@ def gather_views(views: Views, choice: torch.Tensor) -> list[torch.Tensor]:
 def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard batch: ``(view_a, view_b)``, each ``[M, ...]``, where sample i takes pair
     ``pairs[index[i]]`` (``pairs: [P, 2]``, ``index: [M]``)."""
-    a, b = gather_views(views, pairs.to(index.device)[index])
+    a, b = gather_views(views, pairs.to(index.device, non_blocking=True)[index])
     return a, b
 
 
@@ -123,7 +195,7 @@ class Selection:
     @property
     def chosen(self) -> torch.Tensor:
         """``[M, 2]`` view indices of the selected pair per sample."""
-        return self.pairs.to(self.index.device)[self.index]
+        return self.pairs.to(self.index.device, non_blocking=True)[self.index]
 
     @property
     def selected_losses(self) -> torch.Tensor:

@@ -813,3 +813,78 @@ def test_solo_interrupt_and_resume_gives_the_same_selections(tmp_path):
     torch.save(ckpt, tmp_path / "e1_no_hvs_state.ckpt")
     _, rest_nc = _solo_fit(3, ckpt_in=tmp_path / "e1_no_hvs_state.ckpt")
     assert any(not (torch.equal(g, g2) and torch.equal(l, l2)) for (_, g, l), (_, g2, l2) in zip(rest, rest_nc))
+
+
+# ===================================================================== bad input (issue 13 item 5)
+EMPTY = r"HVS got an empty batch \(0 samples in a candidate view\).*drop_last=True"
+NOT_TENSOR = r"candidate view 0 is a str, not a torch\.Tensor: HVS needs the N candidate views as tensors"
+ONE_SAMPLE = (r"HVS got a batch of 1 sample, but the model has BatchNorm in train mode \(.*\), which cannot "
+              r"normalise a single sample .*use drop_last=True in the DataLoader")
+
+
+def test_core_bad_input_names_cause_and_fix():
+    from hvs_plugins import check_candidate_views
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(8))
+    net(torch.randn(2, 3, 16, 16))
+    pair_loss = lambda z, pairs: negative_cosine_pair_losses(z, z.roll(1, -1), pairs)  # noqa: E731
+    sel = HardViewSelector(4)
+    with pytest.raises(ValueError, match=EMPTY):
+        sel.select(net, views_of(m=0), pair_loss, [net])
+    with pytest.raises(ValueError, match=EMPTY):  # the runner's own forward, too
+        sel.forward_views(net, views_of(m=0), 4)
+    with pytest.raises(TypeError, match=NOT_TENSOR):
+        sel.select(net, ["a.png"] * 4, pair_loss, [net])
+    with pytest.raises(ValueError, match=ONE_SAMPLE):
+        sel.select(net, views_of(m=1), pair_loss, [net])
+    net.eval()  # eval-mode BatchNorm (running statistics) handles one sample: no error
+    assert sel.select(net, views_of(m=1), pair_loss, [net]).index.shape == (1,)
+    with pytest.raises(TypeError, match="must be a list of N tensors"):
+        check_candidate_views("views")
+
+
+@needs_lightly
+def test_lightly_bad_input_names_cause_and_fix():
+    from lightly.loss import DINOLoss, NegativeCosineSimilarity
+
+    from hvs_plugins.adapters.lightly import HVSLoss
+
+    net = SimSiamNet()
+    crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
+    dino = HVSLoss(DINOLoss(output_dim=16))
+    student = lambda x: net(x)[1]  # noqa: E731
+    with pytest.raises(ValueError, match=EMPTY):
+        crit.select(views_of(m=0), net)
+    with pytest.raises(ValueError, match=EMPTY):
+        dino.select(views_of(4, m=0) + views_of(4, m=0, size=8), student, modules=[net], epoch=0)
+    with pytest.raises(TypeError, match=NOT_TENSOR):
+        crit.select(["a.png", "b.png", "c.png", "d.png"], net)
+    with pytest.raises(ValueError, match=ONE_SAMPLE.replace(r"\(.*\)", r"\(backbone\.1\)")):
+        crit.select(views_of(m=1), net)
+    with pytest.raises(ValueError, match=ONE_SAMPLE):
+        dino.select(views_of(4, m=1) + views_of(4, m=1, size=8), student, modules=[net], epoch=0)
+
+
+@needs_mmselfsup
+def test_mmselfsup_bad_input_names_cause_and_fix(tmp_path):
+    runner, _ = _mm_runner(tmp_path)
+    hook = _mm_hook(runner)
+    hook.before_train(runner)
+    raw = lambda m: [torch.zeros(m, 3, 16, 16, dtype=torch.uint8)] * 4  # noqa: E731
+    with pytest.raises(ValueError, match=EMPTY):
+        hook.before_train_iter(runner, 0, {"inputs": raw(0), "data_samples": []})
+    with pytest.raises(TypeError, match=NOT_TENSOR):
+        hook.before_train_iter(runner, 0, {"inputs": ["a.png"] * 4, "data_samples": []})
+    with pytest.raises(ValueError, match=ONE_SAMPLE):
+        hook.before_train_iter(runner, 0, {"inputs": raw(1), "data_samples": [None]})
+
+
+@needs_solo
+def test_solo_bad_input_names_cause_and_fix():
+    model = _solo_model()
+    with pytest.raises(ValueError, match=EMPTY):
+        model.training_step(_solo_batch(m=0), 0)
+    with pytest.raises(TypeError, match=NOT_TENSOR):
+        model.training_step([torch.arange(2), ["a.png"] * 4, torch.arange(2)], 0)
+    with pytest.raises(ValueError, match=ONE_SAMPLE):
+        model.training_step(_solo_batch(m=1), 0)

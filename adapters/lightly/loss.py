@@ -20,6 +20,7 @@ from hvs_plugins import (
     CombinationSpace,
     HardViewSelector,
     HVSSchedule,
+    check_candidate_views,
     dino_cross_entropy,
     gather_views,
     interleaved_groups,
@@ -28,6 +29,8 @@ from hvs_plugins import (
     selection_stats,
     warn_fallbacks,
 )
+
+from .methods import METHOD_NAMES, multicrop_method
 
 Forward = Callable[[torch.Tensor], Any]
 # fn(criterion, online_outputs, target_outputs, pairs) -> [P, M]; outputs are lists of [N, M, ...]
@@ -66,7 +69,7 @@ def register_pair_loss(
 
 
 def supported_losses() -> list[str]:
-    return sorted({c.__name__ for c in _REGISTRY} | {"DINOLoss"})
+    return sorted({c.__name__ for c in _REGISTRY} | {"DINOLoss", *METHOD_NAMES})
 
 
 _HOW_TO_REGISTER = """\
@@ -261,6 +264,7 @@ class HVSLoss(nn.Module):
             raise TypeError(f"HVSLoss wraps a lightly loss module, got {type(criterion).__name__}")
         self.criterion = criterion
         self.is_dino = _is_dino(criterion)
+        self.method = multicrop_method(criterion)  # SwAV, iBOT: methods.py
         self.enabled = enabled
         self.schedule = HVSSchedule(every=every, probability=probability, start_epoch=start_epoch, seed=seed)
         self._step = 0  # select() calls so far (the schedule's step)
@@ -269,7 +273,7 @@ class HVSLoss(nn.Module):
         self.global_pairing = global_pairing
         self.n_global_candidates = n_global_candidates
         kw = dict(resolution_scale=resolution_scale, chunk_size=chunk_size, autocast_dtype=autocast_dtype, seed=seed)
-        if self.is_dino:
+        if self.is_dino or self.method is not None:
             self.spec = None
             self.selector = HardViewSelector(n_views=n_global_candidates, **kw)
             CombinationSpace(n_global_candidates, 2, 1, global_pairing)  # validate early
@@ -328,6 +332,9 @@ class HVSLoss(nn.Module):
         modules: Sequence[nn.Module] = (),
         boxes: Optional[torch.Tensor] = None,
         return_teacher_out: bool = False,
+        queue: Optional[Sequence[torch.Tensor]] = None,
+        masks: Optional[Sequence[torch.Tensor]] = None,
+        train_views: Optional[Sequence[torch.Tensor]] = None,
     ) -> Any:
         """The hard views of this batch.
 
@@ -343,6 +350,10 @@ class HVSLoss(nn.Module):
         Returns ``(x0, x1)`` for two-view losses and DINO's list ``[g_a, g_b, l_1, ..., l_n]``, on
         the networks' device. ``self.last_selection`` / ``self.last_stats`` keep the details.
 
+        ``train_views`` (two-view losses): score on ``views`` but return the chosen pair from these
+        (the same candidates, augmented otherwise), e.g. :class:`StaticColourViews`'s independently
+        coloured crops while ``views`` share one colour draw per image.
+
         ``return_teacher_out=True`` (DINO): returns ``(views, teacher_out)``, ``teacher_out`` being
         the selection's teacher outputs of the 2 chosen globals (``[M, D]`` each, float32), so the
         training step skips its own teacher forward (saves 2 of the HVS step's global forwards).
@@ -356,13 +367,17 @@ class HVSLoss(nn.Module):
             and isinstance(views[1], torch.Tensor) and views[1].dim() == 3
         ):  # (views, boxes) from CandidateViews(..., return_boxes=True)
             views, boxes = views
-        views = list(views)
         mods = _owner_modules([model, target]) + [self.criterion] + list(modules)
+        # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
+        views = check_candidate_views(views, modules=mods, same_shape=False)
         device = _device_of(mods)
         if device is not None:
             views = [v.to(device, non_blocking=True) for v in views]
         if return_teacher_out:
             self._check_teacher_reuse(_owner_modules([target if target is not None else model]) or list(modules))
+        if self.method is not None:  # SwaVLoss (queue=), IBOTLoss (masks=): see swav.py, ibot.py
+            return self.method.select(self, views, model, target, mods, active=self._active(epoch), epoch=epoch,
+                                      teacher_temp=teacher_temp, queue=queue, masks=masks, boxes=boxes)
         if self.is_dino:
             active = self._active(epoch)
             return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp,
@@ -372,9 +387,19 @@ class HVSLoss(nn.Module):
                 f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
                 f"with CandidateViews(transform, n_views={self.n_views}) (or set n_views={len(views)})"
             )
+        if train_views is not None:
+            train_views = check_candidate_views(train_views, same_shape=False)
+            if len(train_views) != len(views) or train_views[0].shape[0] != views[0].shape[0]:
+                raise ValueError(
+                    f"train_views must hold the same candidates as views ({len(views)} x {views[0].shape[0]} "
+                    f"samples), got {len(train_views)} x {train_views[0].shape[0]}"
+                )
+            if device is not None:
+                train_views = [v.to(device, non_blocking=True) for v in train_views]
+        out_views = views if train_views is None else train_views
         if not self._active(epoch):
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
-            return views[a], views[b]
+            return out_views[a], out_views[b]
         sel = self.selector
         with sel.scoring(mods):
             online = sel.forward_views(model, views, self.n_views)
@@ -386,7 +411,7 @@ class HVSLoss(nn.Module):
         warn_fallbacks(selection.fallback)
         self.last_selection = selection
         self.last_stats = selection_stats(selection, boxes)
-        return selection.gather(views)
+        return selection.gather(out_views)
 
     def _check_teacher_reuse(self, teachers: Sequence[nn.Module]) -> None:
         if not self.is_dino:

@@ -23,7 +23,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from hvs_plugins import HardViewSelector, HVSSchedule, selection_stats, warn_fallbacks
+from hvs_plugins import HardViewSelector, HVSSchedule, check_candidate_views, selection_stats, warn_fallbacks
 
 from .scoring import SUPPORTED, check_supported, score_pairs
 
@@ -205,13 +205,15 @@ class HardViewSelectionHook(Hook):
                 f"train pipeline must emit {self.n_views} views (MultiView num_views), e.g. "
                 f"dict(type='MultiView', num_views={self.n_views}, transforms=[view_pipeline])"
             )
+        model = _unwrap(runner.model)
+        # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
+        check_candidate_views(inputs, self.n_views, modules=[model])
         step = runner.iter if hasattr(runner, "iter") else batch_idx
         if not self.schedule.active(step, getattr(runner, "epoch", 0)):
             a, b = self.selector.pairs[0].tolist()
             data_batch["inputs"] = [inputs[a], inputs[b]]
             return
         start = time.perf_counter()
-        model = _unwrap(runner.model)
         with self.selector.scoring([model]):
             views = self._preprocess(model, list(inputs))
             losses = score_pairs(self.algorithm, model, self.selector, views,

@@ -23,6 +23,7 @@ from hvs_plugins import (
     CombinationSpace,
     HardViewSelector,
     HVSSchedule,
+    check_candidate_views,
     dino_cross_entropy,
     dino_pair_losses,
     gather_views,
@@ -146,7 +147,9 @@ class HVSMethodMixin:
                 f" + {layout.n_small_candidates} small), got {len(X)}: the data pipeline does not "
                 "produce the candidates; run through hvs_plugins.adapters.solo_learn.launch"
             )
-        large, small = list(X[: layout.n_views]), list(X[layout.n_views:])
+        # empty batch, non-tensor crops, 1 sample under train-mode BatchNorm: errors naming the fix
+        large = check_candidate_views(list(X[: layout.n_views]), layout.n_views, self.hvs_scoring_modules())
+        small = check_candidate_views(list(X[layout.n_views:]), modules=self.hvs_scoring_modules()) if layout.n_small_candidates else []
         if not getattr(self, "_hvs_announced", False):
             self._hvs_announced = True
             print(
@@ -250,7 +253,7 @@ class HVSMethodMixin:
         else:
             choice = space.search(ce, self.hvs_config.cap, sel.generator)
         warn_fallbacks(choice.fallback, "combination loss")
-        g = choice.globals_ if order is None else order[choice.globals_]
+        g = choice.globals_ if order is None else order.to(choice.globals_.device, non_blocking=True)[choice.globals_]
         view_a, view_b = gather_views(large, g)
         locals_ = gather_views(small, choice.locals_) if small else []
         self.hvs_last = {"choice": choice, "ce": ce, "globals": g, "locals": choice.locals_}
