@@ -41,6 +41,7 @@ def test_every_combination_matches_swav_loss_when_the_batch_shares_it(queue_len)
         ga, gb = combos.globals_[c].tolist()
         ref = crit([glob[ga], glob[gb]], [loc[l] for l in combos.locals_[c].tolist()], queue)
         worst = max(worst, abs(float(losses[c].mean()) - float(ref)))
+    print(f"swav core float64 worst abs diff (queue={queue_len}): {worst:.2e}")
     assert worst < 1e-12, worst
 
 
