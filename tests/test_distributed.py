@@ -4,8 +4,8 @@
   DINO with the host-synchronised center),
 - MMSelfSup through mmengine's ``launcher='pytorch'`` under torchrun (SimCLR, MoCo v3: both gather
   across ranks),
-- solo-learn through Lightning DDP (SimCLR, MoCo v3: both gather; runs where solo-learn is importable,
-  e.g. .venv-solo/bin/python -m pytest tests/test_distributed.py).
+- solo-learn through Lightning DDP (SimCLR, MoCo v3: both gather; runs where solo-learn is importable:
+  CI installs it, elsewhere `HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test`).
 
 CPU notes: mmengine 0.10's pytorch launcher calls torch.cuda.set_device unconditionally, so the
 MMSelfSup helper initialises the gloo group itself first (the Runner then runs distributed as usual)
@@ -324,8 +324,8 @@ def test_mmselfsup_mocov3_torchrun_gathered_keys(tmp_path):
 # =================================================================== solo-learn (Lightning DDP)
 needs_solo = pytest.mark.skipif(
     not has("solo"),
-    reason="solo-learn is not installed here (the registry has no usable build; install it from its "
-    "repository, see README.md's solo-learn section — e.g. run this file with .venv-solo/bin/python)",
+    reason="solo-learn is not installed (no usable registry build); to run these: "
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test (or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
 )
 
 

@@ -7,8 +7,8 @@ continues, a warning names the count); a selection chunk larger than the batch (
 from a checkpoint made without HVS and vice versa; interrupting and resuming training with HVS on
 gives the same selections as an uninterrupted run (the selector's generator is checkpointed).
 
-Host sections skip, with the reason shown, where the host is not installed (solo-learn: run this
-file with .venv-solo/bin/python).
+Host sections skip, with the reason shown, where the host is not installed (solo-learn: CI
+installs it; elsewhere `HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ needs_lightning = pytest.mark.skipif(
 needs_mmselfsup = pytest.mark.skipif(not HAS["mmselfsup"], reason="MMSelfSup not installed (pip install 'hvs-plugins[mmselfsup]')")
 needs_solo = pytest.mark.skipif(
     not HAS["solo"],
-    reason="solo-learn is not installed here (no usable registry build; install it from its repository, "
-    "see README.md's solo-learn section, e.g. run this file with .venv-solo/bin/python)",
+    reason="solo-learn is not installed (no usable registry build); to run these: "
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test (or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
 )
 
 
