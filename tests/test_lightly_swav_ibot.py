@@ -175,3 +175,140 @@ def test_swav_bad_input_is_refused():
     with pytest.raises(ValueError, match="global_pairing='cross'"):
         HVSLoss(SwaVLoss(), global_pairing="any").select(views[:4], model, queue=model.queue_scores())
     assert "SwaVLoss" in supported_losses()
+
+
+# ------------------------------------------------------------------ iBOT
+from lightly.loss import DINOLoss, IBOTPatchLoss  # noqa: E402
+from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTorchvision  # noqa: E402
+from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
+from lightly.transforms.ibot_transform import IBOTTransform  # noqa: E402
+from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
+
+from hvs_plugins.adapters.lightly import IBOTLoss  # noqa: E402
+
+KI, GRID = 32, 4  # head output dim; 16 px globals / 4 px patches = 4x4 tokens
+
+
+class IBOT(nn.Module):
+    """lightly's iBOT example model (student and teacher ViT + DINO heads shared for [CLS] and
+    patches), tiny; teacher/student take a [B, H, W] token mask as the selection forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        vit = VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+        self.teacher_backbone = MaskedVisionTransformerTorchvision(vit=vit)
+        self.student_backbone = copy.deepcopy(self.teacher_backbone)
+        self.teacher_head = DINOProjectionHead(16, 16, 8, KI)
+        self.student_head = DINOProjectionHead(16, 16, 8, KI, freeze_last_layer=1)
+        deactivate_requires_grad(self.teacher_backbone)
+        deactivate_requires_grad(self.teacher_head)
+
+    def teacher(self, x, mask):
+        f = self.teacher_backbone.encode(x)
+        return self.teacher_head(f[:, 0]), self.teacher_head(f[:, 1:][mask.flatten(1)])
+
+    def student(self, x, mask):
+        if mask is None:
+            return self.student_head(self.student_backbone.encode(x)[:, 0]), None
+        f = self.student_backbone.encode(x, mask=F.pad(mask.flatten(1), (1, 0)))  # no mask on [CLS]
+        return self.student_head(f[:, 0]), self.student_head(f[:, 1:][mask.flatten(1)])
+
+
+def ibot_criterion(**kw) -> IBOTLoss:
+    crit = IBOTLoss(DINOLoss(output_dim=KI, warmup_teacher_temp_epochs=3), IBOTPatchLoss(output_dim=KI), **kw)
+    with torch.no_grad():  # non-trivial centers, so that reading them is tested
+        crit.dino_loss.center.add_(torch.randn(crit.dino_loss.center.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
+        crit.patch_loss.center.center.add_(0.05)
+    return crit
+
+
+def ibot_views_and_masks(m: int = 6, seed: int = 0):
+    t = IBOTTransform(global_crop_size=16, local_crop_size=8, n_local_views=2, gaussian_blur=(0, 0, 0), solarization_prob=0)
+    views = batch_of(CandidateViews(t), n=m)
+    gen = torch.Generator().manual_seed(seed)
+    masks = [torch.rand(m, GRID, GRID, generator=gen) < 0.4 for _ in range(4)]  # random_block_mask on a 4x4 grid
+    masks[0][0] = False  # an image without masked tokens (lightly: batch_mask_ratio < 1)
+    return views, masks
+
+
+def ibot_host_loss(model, crit, views, masks, epoch=None, teacher_temp=None):
+    """lightly's iBOT example step (teacher on the concatenated globals, masks applied)."""
+    glob, block = torch.cat(views[:2]), torch.cat(masks)
+    t_cls, t_patch = model.teacher(glob, block)
+    s_cls, s_patch = model.student(glob, block)
+    s_loc = [model.student(v, None)[0] for v in views[2:]]
+    return crit(t_cls.chunk(2), list(s_cls.chunk(2)) + s_loc, t_patch, s_patch, block, teacher_temp=teacher_temp, epoch=epoch)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.5, 2.0)])
+def test_ibot_every_combination_exact(weights):
+    torch.manual_seed(0)
+    model = IBOT()
+    views, masks = ibot_views_and_masks()
+    assert len(views) == 4 + 4 and masks[0].any()
+    crit = HVSLoss(ibot_criterion(cls_weight=weights[0], patch_weight=weights[1]), cap=10 ** 6)
+    crit.select(views, model.student, model.teacher, masks=masks, epoch=1)
+    losses = crit.last_selection.candidate_losses  # [C, M], every combination in flat order
+    combos = CombinationSpace(4, 4, 2).enumerate_all()
+    worst = 0.0
+    with torch.no_grad():
+        for c in range(len(combos)):
+            ga, gb = combos.globals_[c].tolist()
+            vs = [views[ga], views[gb]] + [views[4 + l] for l in combos.locals_[c].tolist()]
+            ref = ibot_host_loss(model, copy.deepcopy(crit.criterion), vs, [masks[ga], masks[gb]], epoch=1)
+            worst = max(worst, abs(float(losses[c].mean()) - float(ref)))
+    print(f"ibot lightly worst abs diff (weights={weights}): {worst:.2e}")
+    assert worst < 5e-6, worst
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_ibot_training_step_centers_untouched(exact):
+    torch.manual_seed(0)
+    model = IBOT()
+    crit = HVSLoss(ibot_criterion(), exact=exact, cap=8)
+    views, masks = ibot_views_and_masks(m=8)
+    snap, rng = full_state(model, crit), torch.get_rng_state()
+    out, chosen_masks = crit.select(views, model.student, model.teacher, masks=masks, teacher_temp=0.05)
+    assert_bitwise_unchanged(snap, model, crit)  # both centers, teacher, student
+    assert torch.equal(rng, torch.get_rng_state())
+    choice = crit.last_selection
+    assert choice.n_evaluated == (4 * 6 if exact else 8)
+    for i in range(8):
+        for j in range(2):
+            assert torch.equal(out[j][i], views[choice.globals_[i, j]][i])
+            assert torch.equal(chosen_masks[j][i], masks[choice.globals_[i, j]][i])  # each candidate's own mask
+    update_momentum(model.student_backbone, model.teacher_backbone, m=0.99)
+    loss = ibot_host_loss(model, crit, out, chosen_masks, teacher_temp=0.05)
+    assert not torch.equal(crit.criterion.dino_loss.center, snap[1]["criterion.dino_loss.center"])
+    assert not torch.equal(crit.criterion.patch_loss.center.center, snap[1]["criterion.patch_loss.center.center"])
+    train_step(loss, [p for p in model.parameters() if p.requires_grad])
+
+
+def test_ibot_exact_search_is_the_best_combination_and_off_steps():
+    torch.manual_seed(1)
+    model = IBOT()
+    views, masks = ibot_views_and_masks(m=6, seed=3)
+    exact, full = HVSLoss(ibot_criterion(), exact=True), HVSLoss(ibot_criterion(), cap=10 ** 6)
+    exact.select(views, model.student, model.teacher, masks=masks)
+    full.select(views, model.student, model.teacher, masks=masks)
+    brute = full.last_selection.candidate_losses.max(0).values
+    torch.testing.assert_close(exact.last_selection.losses, brute, rtol=0, atol=1e-6)
+    out, ms = HVSLoss(ibot_criterion(), enabled=False).select(views, model.student, model.teacher, masks=masks)
+    assert len(out) == 4 and torch.equal(out[1], views[1]) and torch.equal(out[2], views[4]) and ms[1] is masks[1]
+
+
+def test_ibot_bad_input_is_refused():
+    model = IBOT()
+    views, masks = ibot_views_and_masks(m=4)
+    hvs = HVSLoss(ibot_criterion())
+    with pytest.raises(ValueError, match="one token mask"):
+        hvs.select(views, model.student, model.teacher)
+    with pytest.raises(ValueError, match="needs the teacher forward"):
+        hvs.select(views, model.student, masks=masks)
+    with pytest.raises(ValueError, match=r"bool tensor \[M=4, H, W\]"):
+        hvs.select(views, model.student, model.teacher, masks=[m.float() for m in masks])
+    with pytest.raises(ValueError, match="resolution_scale=1.0"):
+        HVSLoss(ibot_criterion(), resolution_scale=0.5).select(views, model.student, model.teacher, masks=masks)
+    with pytest.raises(TypeError, match="DINOLoss and IBOTPatchLoss"):
+        IBOTLoss(IBOTPatchLoss(output_dim=KI), DINOLoss(output_dim=KI))
+    assert "IBOTLoss" in supported_losses()

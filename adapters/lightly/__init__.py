@@ -12,7 +12,8 @@ Supported losses: NegativeCosineSimilarity (SimSiam, BYOL), NTXentLoss (SimCLR; 
 bank, read only during selection), DINOLoss (multi-crop, 2 candidates per crop); others via
 :func:`register_pair_loss`. The demo: ``python -m hvs_plugins.adapters.lightly.demo``.
 """
+from .ibot import IBOTLoss
 from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
 from .transforms import CandidateViews
 
-__all__ = ["HVSLoss", "CandidateViews", "PairLossSpec", "register_pair_loss", "supported_losses"]
+__all__ = ["HVSLoss", "CandidateViews", "IBOTLoss", "PairLossSpec", "register_pair_loss", "supported_losses"]

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from .ibot import IBOTLoss, IBOTMethod
 from .swav import SwaVMethod
 
 
@@ -15,7 +16,9 @@ def multicrop_method(criterion: nn.Module) -> Optional[Any]:
 
     if isinstance(criterion, SwaVLoss):
         return SwaVMethod(criterion)
+    if isinstance(criterion, IBOTLoss):
+        return IBOTMethod(criterion)
     return None
 
 
-METHOD_NAMES = ["SwaVLoss"]
+METHOD_NAMES = ["SwaVLoss", "IBOTLoss"]
