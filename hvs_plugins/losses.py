@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
+
 
 def _check_views(name: str, x: torch.Tensor, pairs: torch.Tensor) -> None:
     if x.dim() != 3:
@@ -36,7 +38,7 @@ def negative_cosine_pair_losses(
         raise ValueError(f"targets {list(targets.shape)} must match predictions {list(predictions.shape)}")
     p = F.normalize(predictions.float(), dim=-1)
     z = F.normalize(targets.float(), dim=-1)
-    k, l = pairs[:, 0].to(p.device), pairs[:, 1].to(p.device)
+    k, l = to_device(pairs[:, 0], p.device), to_device(pairs[:, 1], p.device)
     # cos(p^k, z^l) for the P pairs only: [P, M]
     return -0.5 * ((p[k] * z[l]).sum(-1) + (p[l] * z[k]).sum(-1))
 
@@ -74,7 +76,7 @@ def ntxent_pair_losses(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     z = F.normalize(embeddings.float(), dim=-1)
-    k, l = pairs[:, 0].to(z.device), pairs[:, 1].to(z.device)
+    k, l = to_device(pairs[:, 0], z.device), to_device(pairs[:, 1], z.device)
     if memory_bank is not None:
         kz = z if keys is None else F.normalize(keys.float(), dim=-1)
         if kz.shape != z.shape:
@@ -103,11 +105,12 @@ def ntxent_pair_losses(
     own = torch.arange(m, device=z.device) + offset  # column of each anchor's own sample
     gram = torch.einsum("kid,ljd->klij", z, zall) / temperature  # [N, N, M, M_all]
     self_mask = torch.zeros(m, zall.shape[1], dtype=torch.bool, device=z.device)
-    self_mask[torch.arange(m), own] = True
-    same = gram[torch.arange(n), torch.arange(n)].masked_fill(self_mask, float("-inf"))  # [N, M, M_all]
+    rows, views = torch.arange(m, device=z.device), torch.arange(n, device=z.device)  # device indices: no copy
+    self_mask[rows, own] = True
+    same = gram[views, views].masked_fill(self_mask, float("-inf"))  # [N, M, M_all]
     lse_same = torch.logsumexp(same, dim=-1)  # [N, M]: anchor vs other samples of its own view
     lse_cross = torch.logsumexp(gram, dim=-1)  # [N, N, M]: anchor of view k vs all of view l
-    pos = gram[..., torch.arange(m), own]  # [N, N, M]
+    pos = gram[..., rows, own]  # [N, N, M]
     ce = torch.logaddexp(lse_same.unsqueeze(1), lse_cross) - pos  # [N(anchor), N(other), M]
     forward = ce[k, l]
     return 0.5 * (forward + ce[l, k]) if symmetric else forward
@@ -144,7 +147,7 @@ def dino_cross_entropy(
 def dino_pair_losses(ce: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """DINO loss of two global views only (no locals), per sample: ``½·(ce[k,l] + ce[l,k])``.
     ``ce: [T, S, M]`` from :func:`dino_cross_entropy` over the same global candidates. ``[P, M]``."""
-    k, l = pairs[:, 0].to(ce.device), pairs[:, 1].to(ce.device)
+    k, l = to_device(pairs[:, 0], ce.device), to_device(pairs[:, 1], ce.device)
     return 0.5 * (ce[k, l] + ce[l, k])
 
 
@@ -158,5 +161,5 @@ def invariance_proxy_pair_losses(embeddings: torch.Tensor, pairs: torch.Tensor) 
     """
     _check_views("embeddings", embeddings, pairs)
     z = embeddings.float()
-    k, l = pairs[:, 0].to(z.device), pairs[:, 1].to(z.device)
+    k, l = to_device(pairs[:, 0], z.device), to_device(pairs[:, 1], z.device)
     return (z[k] - z[l]).pow(2).mean(-1)

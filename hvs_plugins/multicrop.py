@@ -20,6 +20,7 @@ from typing import Literal, Optional
 import torch
 
 from .pairs import all_pairs, interleaved_groups, cross_pairs
+from .devices import to_device
 
 GlobalPairing = Literal["cross", "any"]
 
@@ -48,7 +49,8 @@ class Combinations:
 class CombinationChoice:
     """Per-sample chosen combination: ``globals_: [M, 2]``, ``locals_: [M, n_local]`` (indices among
     the locals), ``losses: [M]`` (its loss), ``candidate_losses: [C, M]`` (all evaluated losses;
-    for exact search, the best per global pair ``[Pg, M]``), ``fallback: [M]`` bool, ``n_evaluated``."""
+    for exact search, the best per global pair ``[Pg, M]``), ``fallback: [M]`` bool, ``n_evaluated``;
+    all on the device of the cross-entropies that were searched."""
 
     globals_: torch.Tensor
     locals_: torch.Tensor
@@ -135,7 +137,7 @@ class CombinationSpace:
                 f"ce must be [G={g_total}, G+L={g_total + l_total}, M] (teacher globals × student "
                 f"globals-then-locals × samples), got {list(ce.shape)}"
             )
-        ga, gb = self.global_pairs[:, 0].to(ce.device), self.global_pairs[:, 1].to(ce.device)
+        ga, gb = to_device(self.global_pairs[:, 0], ce.device), to_device(self.global_pairs[:, 1], ce.device)
         global_term = ce[ga, gb] + ce[gb, ga]
         local_ce = ce[:, g_total:]  # [G, L, M]
         local_term = local_ce[ga] + local_ce[gb]
@@ -145,8 +147,8 @@ class CombinationSpace:
     def evaluate(self, ce: torch.Tensor, combos: Combinations) -> torch.Tensor:
         """Losses of ``combos`` for every sample: ``[C, M]`` (DINO's mean over its terms)."""
         global_term, local_term = self._terms(ce)
-        pair_of = _pair_row(self.global_pairs, combos.globals_).to(ce.device)  # [C]
-        loc = combos.locals_.to(ce.device)  # [C, l]
+        pair_of = to_device(_pair_row(self.global_pairs, combos.globals_), ce.device)  # [C]
+        loc = to_device(combos.locals_, ce.device)  # [C, l]
         picked = local_term[pair_of.unsqueeze(1), loc]  # [C, l, M]
         return (global_term[pair_of] + picked.sum(1)) / self.n_terms
 
@@ -161,10 +163,9 @@ class CombinationSpace:
         losses = self.evaluate(ce, combos)  # [C, M]
         best, fallback = argmax_with_fallback(losses, generator)
         m = torch.arange(losses.shape[1], device=losses.device)
-        best_cpu = best.cpu()
-        return CombinationChoice(
-            combos.globals_[best_cpu], combos.locals_[best_cpu], losses[best, m], losses, fallback, len(combos)
-        )
+        dev = losses.device  # the choice stays on the device: no host read of `best` (no sync)
+        g, l = to_device(combos.globals_, dev), to_device(combos.locals_, dev)
+        return CombinationChoice(g[best], l[best], losses[best, m], losses, fallback, len(combos))
 
     def exact_search(self, ce: torch.Tensor, generator: Optional[torch.Generator] = None) -> CombinationChoice:
         """True argmax over all ``size`` combinations: per global pair, the top-``n_local`` locals of
@@ -178,7 +179,7 @@ class CombinationSpace:
         m = torch.arange(per_pair.shape[1], device=per_pair.device)
         locals_ = top_idx[best, :, m].sort(dim=1).values  # [M, l]
         return CombinationChoice(
-            self.global_pairs[best.cpu()], locals_.cpu(), per_pair[best, m], per_pair, fallback,
+            to_device(self.global_pairs, per_pair.device)[best], locals_, per_pair[best, m], per_pair, fallback,
             len(self.global_pairs) * self.n_local_subsets,
         )
 

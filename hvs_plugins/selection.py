@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .devices import to_device
+
 Views = Union[Sequence[torch.Tensor], torch.Tensor]
 
 
@@ -28,7 +30,7 @@ def argmax_with_fallback(
     # One draw per sample from the (CPU) generator every call, used where a sample falls back:
     # no host read of the device's fallback mask (no sync), and the same draws on every device.
     draw = torch.randint(losses.shape[0], (losses.shape[1],), generator=generator)
-    index = torch.where(fallback, draw.to(index.device, non_blocking=True), index)
+    index = torch.where(fallback, to_device(draw, index.device), index)
     return index, fallback
 
 
@@ -161,7 +163,7 @@ def gather_views(views: Views, choice: torch.Tensor) -> list[torch.Tensor]:
     # range check on host tensors only: reading a device tensor would wait for the GPU
     if choice.device.type == "cpu" and choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= len(vs)):
         raise ValueError(f"choice indexes views 0..{len(vs) - 1} only")
-    choice = choice.to(vs[0].device, non_blocking=True)
+    choice = to_device(choice, vs[0].device)
     out = []
     for j in range(choice.shape[1]):
         slot = vs[0].clone()
@@ -175,7 +177,7 @@ def gather_views(views: Views, choice: torch.Tensor) -> list[torch.Tensor]:
 def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard batch: ``(view_a, view_b)``, each ``[M, ...]``, where sample i takes pair
     ``pairs[index[i]]`` (``pairs: [P, 2]``, ``index: [M]``)."""
-    a, b = gather_views(views, pairs.to(index.device, non_blocking=True)[index])
+    a, b = gather_views(views, to_device(pairs, index.device)[index])
     return a, b
 
 
@@ -195,7 +197,7 @@ class Selection:
     @property
     def chosen(self) -> torch.Tensor:
         """``[M, 2]`` view indices of the selected pair per sample."""
-        return self.pairs.to(self.index.device, non_blocking=True)[self.index]
+        return to_device(self.pairs, self.index.device)[self.index]
 
     @property
     def selected_losses(self) -> torch.Tensor:

@@ -29,6 +29,8 @@ from hvs_plugins import (
     selection_stats,
     warn_fallbacks,
 )
+from hvs_plugins.deferred import DeferredFallbackWarnings
+from hvs_plugins.devices import to_device
 
 from .methods import METHOD_NAMES, multicrop_method
 
@@ -234,6 +236,8 @@ class HVSLoss(nn.Module):
     argmax over all combinations, ``global_pairing`` ``"cross"`` (default) or ``"any"``.
     ``resolution_scale``, ``chunk_size``, ``autocast_dtype``, ``seed``: as core ``HardViewSelector``.
     ``enabled=False`` turns selection off (``select`` returns the first pair / DINO's first layout).
+    ``stats=False``: no ``last_stats`` and fallback warnings read back later, so that ``select``
+    never waits for the GPU (statistics read device values on the host).
     Cost knobs (core ``HVSSchedule``): ``every`` (select on every k-th ``select`` call),
     ``probability`` (then with this probability, from the selector's own generator) and
     ``start_epoch`` (no selection before it; pass ``epoch=`` to ``select``). Off-steps return a plain
@@ -258,6 +262,7 @@ class HVSLoss(nn.Module):
         every: int = 1,
         probability: float = 1.0,
         start_epoch: int = 0,
+        stats: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, nn.Module):
@@ -287,6 +292,8 @@ class HVSLoss(nn.Module):
         self.n_views = n_views
         self.last_selection: Any = None
         self.last_stats: Any = None
+        self.stats = stats
+        self._deferred = DeferredFallbackWarnings()  # stats=False: fallback counts read without a sync
         # checkpoints look the same with and without HVS: the wrapped loss's entries (DINO center,
         # ...) keep their keys ('criterion.center', not 'criterion.criterion.center'), so a run
         # resumes across switching HVS on or off; the nested layout still loads
@@ -372,7 +379,7 @@ class HVSLoss(nn.Module):
         views = check_candidate_views(views, modules=mods, same_shape=False)
         device = _device_of(mods)
         if device is not None:
-            views = [v.to(device, non_blocking=True) for v in views]
+            views = [to_device(v, device) for v in views]
         if return_teacher_out:
             self._check_teacher_reuse(_owner_modules([target if target is not None else model]) or list(modules))
         if self.method is not None:  # SwaVLoss (queue=), IBOTLoss (masks=): see swav.py, ibot.py
@@ -395,7 +402,7 @@ class HVSLoss(nn.Module):
                     f"samples), got {len(train_views)} x {train_views[0].shape[0]}"
                 )
             if device is not None:
-                train_views = [v.to(device, non_blocking=True) for v in train_views]
+                train_views = [to_device(v, device) for v in train_views]
         out_views = views if train_views is None else train_views
         if not self._active(epoch):
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
@@ -408,10 +415,16 @@ class HVSLoss(nn.Module):
         if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
             raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
         selection = sel.choose(losses)
-        warn_fallbacks(selection.fallback)
+        self._warn(selection.fallback, "pair loss")
         self.last_selection = selection
-        self.last_stats = selection_stats(selection, boxes)
+        self.last_stats = selection_stats(selection, boxes) if self.stats else None
         return selection.gather(out_views)
+
+    def _warn(self, fallback: torch.Tensor, what: str) -> None:
+        if self.stats:
+            warn_fallbacks(fallback, what, stacklevel=4)
+        else:
+            self._deferred.push(fallback, what)
 
     def _check_teacher_reuse(self, teachers: Sequence[nn.Module]) -> None:
         if not self.is_dino:
@@ -477,7 +490,7 @@ class HVSLoss(nn.Module):
                 t_out, s_out, self.criterion.center, self._teacher_temp(epoch, teacher_temp), float(self.criterion.student_temp)
             )
         choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
-        warn_fallbacks(choice.fallback, "combination loss")
+        self._warn(choice.fallback, "combination loss")
         self.last_selection = choice
         self.last_stats = None
         out = gather_views(glob, choice.globals_)

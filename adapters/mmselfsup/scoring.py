@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvs_plugins import HardViewSelector, negative_cosine_pair_losses, ntxent_pair_losses, resize_views
+from hvs_plugins.devices import to_device
 
 SUPPORTED = ("SimSiam", "SimCLR", "BYOL", "MoCo", "MoCoV3")
 _HOSTS = ("mmselfsup", "mmpretrain")
@@ -149,7 +150,7 @@ def _mocov3(model, selector: HardViewSelector, views) -> torch.Tensor:
     own = torch.arange(m, device=logits.device)
     pos = logits[..., own, own + offset]  # [N, N, M]
     ce = torch.logsumexp(logits, dim=-1) - pos
-    a, b = selector.pairs[:, 0].to(ce.device), selector.pairs[:, 1].to(ce.device)
+    a, b = to_device(selector.pairs[:, 0], ce.device), to_device(selector.pairs[:, 1], ce.device)
     # loss() = head(q1, k2) + head(q2, k1)
     return weight * (ce[a, b] + ce[b, a])
 

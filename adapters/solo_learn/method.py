@@ -33,6 +33,7 @@ from hvs_plugins import (
     selection_stats,
     warn_fallbacks,
 )
+from hvs_plugins.devices import to_device
 
 from .config import HVSConfig, check_method, parse_hvs_config
 from .layout import CandidateLayout, candidate_layout
@@ -253,7 +254,7 @@ class HVSMethodMixin:
         else:
             choice = space.search(ce, self.hvs_config.cap, sel.generator)
         warn_fallbacks(choice.fallback, "combination loss")
-        g = choice.globals_ if order is None else order.to(choice.globals_.device, non_blocking=True)[choice.globals_]
+        g = choice.globals_ if order is None else to_device(order, choice.globals_.device)[choice.globals_]
         view_a, view_b = gather_views(large, g)
         locals_ = gather_views(small, choice.locals_) if small else []
         self.hvs_last = {"choice": choice, "ce": ce, "globals": g, "locals": choice.locals_}

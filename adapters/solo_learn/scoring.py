@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hvs_plugins import negative_cosine_pair_losses, ntxent_pair_losses
+from hvs_plugins.devices import to_device
 
 
 def byol_pair_losses(p: torch.Tensor, z_momentum: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ def mocov3_pair_losses(
     """solo-learn MoCo v3: ``2τ·(CE(q_a, K_b) + CE(q_b, K_a))`` per sample (in-batch keys of the
     momentum encoder, gathered over ranks)."""
     ce = cross_view_infonce(q, k, temperature, all_keys, offset)
-    a, b = pairs[:, 0].to(ce.device), pairs[:, 1].to(ce.device)
+    a, b = to_device(pairs[:, 0], ce.device), to_device(pairs[:, 1], ce.device)
     return 2.0 * temperature * (ce[a, b] + ce[b, a])
 
 
@@ -68,7 +69,7 @@ def nnclr_pair_losses(
     """solo-learn NNCLR: ``½·CE(nn_a, P_b) + ½·CE(nn_b, P_a)`` per sample (``nn``: nearest
     neighbours of the normalised projections in the read-only support queue)."""
     ce = cross_view_infonce(nn, p, temperature, all_p, offset)
-    a, b = pairs[:, 0].to(ce.device), pairs[:, 1].to(ce.device)
+    a, b = to_device(pairs[:, 0], ce.device), to_device(pairs[:, 1], ce.device)
     return 0.5 * (ce[a, b] + ce[b, a])
 
 
