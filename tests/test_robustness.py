@@ -683,10 +683,14 @@ def test_solo_views_of_different_shapes():
 
 @needs_solo
 def test_solo_unsupported_method_or_proxy_without_flag():
-    with pytest.raises(ValueError, match=r"HVS does not support solo-learn method 'swav'; supported: .*Remove the hvs "
-                       r"block to train it without HVS"):
-        _solo_model("swav")
     from hvs_plugins.adapters.solo_learn import check_method, parse_hvs_config
+
+    with pytest.raises(ValueError, match=r"HVS does not support solo-learn method 'all4one': its loss adds a "
+                       r"feature-decorrelation term .*Remove the hvs block to train it without HVS"):
+        check_method("all4one", parse_hvs_config({"n_views": 4}))
+    with pytest.raises(ValueError, match=r"HVS does not support solo-learn method 'mine'; supported: .*Remove the hvs "
+                       r"block to train it without HVS"):
+        check_method("mine", parse_hvs_config({"n_views": 4}))
 
     with pytest.raises(ValueError, match=r"method 'vicreg' has no per-sample loss .* set `hvs\.proxy: true`"):
         check_method("vicreg", parse_hvs_config({"n_views": 4}))

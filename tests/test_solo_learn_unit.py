@@ -111,8 +111,16 @@ def test_check_method():
     with pytest.raises(ValueError, match="hvs.proxy: true"):
         check_method("barlow_twins", default)
     assert check_method("vicreg", parse_hvs_config({"proxy": True})) == "proxy"
-    with pytest.raises(ValueError, match="does not support solo-learn method 'swav'"):
-        check_method("swav", default)
+    for m in ("nnbyol", "ressl", "supcon", "deepclusterv2", "swav"):
+        assert check_method(m, default) == "exact"
+    for m in ("vibcreg", "wmse"):
+        assert check_method(m, parse_hvs_config({"proxy": True})) == "proxy"
+    with pytest.raises(ValueError, match="does not support solo-learn method 'all4one': its loss adds"):
+        check_method("all4one", default)
+    with pytest.raises(ValueError, match="does not support solo-learn method 'mae': MAE reconstructs"):
+        check_method("mae", default)
+    with pytest.raises(ValueError, match="does not support solo-learn method 'mine'; supported"):
+        check_method("mine", default)
 
 
 # ------------------------------------------------------------------------------- layout
@@ -364,7 +372,7 @@ def test_wrapper_dino_multicrop(exact):
 
 def test_multicrop_only_for_dino():
     cfg = _cfg("simsiam", augs=((12, 2), (6, 2)))
-    with pytest.raises(ValueError, match="DINO only"):
+    with pytest.raises(ValueError, match="DINO and SwAV only"):
         make_hvs_method(FakeSimSiam)(cfg)
 
 
@@ -405,7 +413,7 @@ def test_parse_cfg_patch_expands_and_resets():
 def test_parse_cfg_patch_errors():
     wrapped = hvs_parse_cfg(fake_parse_cfg)
     with pytest.raises(ValueError, match="does not support"):
-        wrapped(_user_cfg({"n_views": 4}, "swav"))
+        wrapped(_user_cfg({"n_views": 4}, "all4one"))
     with pytest.raises(ValueError, match="unknown hvs key"):
         wrapped(_user_cfg({"nviews": 4}))
     cfg = _user_cfg({"n_views": 4})

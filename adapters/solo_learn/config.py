@@ -11,9 +11,23 @@ from typing import Any, Mapping, Optional
 import torch
 
 # Methods whose exact per-sample loss the adapter computes from the method's own modules.
-EXACT_METHODS = ("simsiam", "simclr", "byol", "mocov2plus", "mocov3", "dino", "nnclr", "nnsiam")
+EXACT_METHODS = (
+    "simsiam", "simclr", "byol", "mocov2plus", "mocov3", "dino", "nnclr", "nnsiam",
+    "nnbyol", "ressl", "supcon", "deepclusterv2", "swav",
+)
 # Methods whose loss is not sample-decomposable: only a labelled proxy (``hvs.proxy: true``).
-PROXY_METHODS = ("barlow_twins", "vicreg")
+PROXY_METHODS = ("barlow_twins", "vicreg", "vibcreg", "wmse")
+# Methods HVS refuses, with the reason (no per-sample loss and no meaningful proxy).
+REFUSED_METHODS = {
+    "all4one": (
+        "its loss adds a feature-decorrelation term computed over the whole batch (square roots of "
+        "batch-wide correlation means) to nearest-neighbour terms passed through a transformer with "
+        "dropout, so it has no per-sample value and the invariance proxy would not rank pairs by it"
+    ),
+    "mae": "MAE reconstructs masked patches of one view; there is no pair of views to select",
+}
+# Methods whose small crops HVS handles as multi-crop combinations (2 candidates per small crop).
+MULTICROP_METHODS = ("dino", "swav")
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -148,6 +162,11 @@ def check_method(method: str, hvs: HVSConfig) -> str:
                 "the hvs block"
             )
         return "proxy"
+    if method in REFUSED_METHODS:
+        raise ValueError(
+            f"HVS does not support solo-learn method {method!r}: {REFUSED_METHODS[method]}. Remove the "
+            "hvs block to train it without HVS."
+        )
     raise ValueError(
         f"HVS does not support solo-learn method {method!r}; supported: {list(EXACT_METHODS)} "
         f"(exact) and {list(PROXY_METHODS)} (with hvs.proxy: true). Remove the hvs block to train it "

@@ -31,13 +31,24 @@ from hvs_plugins import (
     negative_cosine_pair_losses,
     ntxent_pair_losses,
     selection_stats,
+    swav_codes,
+    swav_cross_entropy,
+    swav_pair_losses,
     warn_fallbacks,
 )
 from hvs_plugins.devices import to_device
 
-from .config import HVSConfig, check_method, parse_hvs_config
+from .config import MULTICROP_METHODS, HVSConfig, check_method, parse_hvs_config
 from .layout import CandidateLayout, candidate_layout
-from .scoring import byol_pair_losses, mocov2plus_pair_losses, mocov3_pair_losses, nnclr_pair_losses
+from .scoring import (
+    byol_pair_losses,
+    deepclusterv2_pair_losses,
+    mocov2plus_pair_losses,
+    mocov3_pair_losses,
+    nnclr_pair_losses,
+    ressl_pair_losses,
+    supcon_pair_losses,
+)
 
 
 def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -71,22 +82,27 @@ class HVSMethodMixin:
                 f"the method was built with num_large_crops={self.num_large_crops}; with HVS it must "
                 "see 2 (pass the config through hvs_parse_cfg, which resets cfg.data.num_large_crops to 2)"
             )
-        layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(method == "dino"))
+        layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(method in MULTICROP_METHODS))
         if layout.n_small != getattr(self, "num_small_crops", layout.n_small):
             raise ValueError(
                 f"the method expects {self.num_small_crops} small crops but the data pipeline gives "
                 f"{layout.n_small_candidates} small candidates: build the config with hvs_parse_cfg"
             )
-        if layout.n_small and method != "dino":
+        if layout.n_small and method not in MULTICROP_METHODS:
             raise ValueError(
-                f"HVS with small crops (multi-crop) is supported for DINO only, not {method!r}: set the "
-                "small pipelines' num_crops to 0 or remove the hvs block"
+                f"HVS with small crops (multi-crop) is supported for DINO and SwAV only, not {method!r}: "
+                "set the small pipelines' num_crops to 0 or remove the hvs block"
             )
+        # SwAV with a queue: crop 1 and crop 2 meet different queue halves (slots), like MoCo v2+
+        swav_slots = method == "swav" and int(getattr(self, "queue_size", 0)) > 0
         self.hvs_layout: CandidateLayout = layout
         self.hvs_selector = HardViewSelector(
             n_views=hvs.n_views,
             groups=layout.groups,
-            ordered=(method == "mocov2plus"),  # crop 1 and crop 2 meet different queue halves
+            # crop 1 and crop 2 meet different queue halves (MoCo v2+, SwAV) or roles (ReSSL: query
+            # of crop 1, key of crop 2); two pipelines already fix which candidate is crop 1
+            ordered=(method == "mocov2plus") or (method in ("ressl", "swav") and layout.groups is None
+                                                 and (method == "ressl" or swav_slots)),
             resolution_scale=hvs.resolution_scale,
             chunk_size=hvs.chunk_size,
             joint_views=hvs.joint_views,
@@ -98,9 +114,17 @@ class HVSMethodMixin:
         )
         self.hvs_space: Optional[CombinationSpace] = None
         self._hvs_global_order: Optional[torch.Tensor] = None
-        if method == "dino" and layout.n_small:
-            pairing = hvs.global_pairing or ("cross" if layout.groups else "any")
-            if pairing == "cross":
+        if method in MULTICROP_METHODS and layout.n_small:
+            pairing = hvs.global_pairing or ("cross" if layout.groups or swav_slots else "any")
+            if pairing == "any" and swav_slots:
+                raise ValueError(
+                    "hvs.global_pairing 'any' cannot be scored exactly for SwAV with a queue (a candidate's "
+                    "codes depend on which crop's queue half it meets); use 'cross' (the default: even "
+                    "candidates are crop 1, odd ones crop 2) or method_kwargs.queue_size: 0"
+                )
+            if pairing == "cross" and not layout.groups and method == "swav":
+                pass  # one pipeline: its i.i.d. candidates alternate crop 1 / crop 2 as they come
+            elif pairing == "cross":
                 if not layout.groups:
                     raise ValueError(
                         "hvs.global_pairing 'cross' needs two large (global) pipelines; with one use 'any'"
@@ -116,8 +140,8 @@ class HVSMethodMixin:
                 n_local=layout.n_small,
                 global_pairing=pairing,
             )
-            # solo-learn's DINO ignores small crops: give them the head and count them in the loss
-            self.dino_loss_func.num_large_crops = 2 + layout.n_small
+            if method == "dino":  # solo-learn's DINO ignores small crops: head them, count them
+                self.dino_loss_func.num_large_crops = 2 + layout.n_small
         self.hvs_last: dict = {}
 
     # --------------------------------------------------------------- DINO crops
@@ -131,7 +155,7 @@ class HVSMethodMixin:
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> Any:
         indexes, X, targets = batch
         X = [X] if isinstance(X, torch.Tensor) else list(X)
-        crops = self.hvs_select(X)
+        crops = self.hvs_select(X, indexes=indexes, targets=targets)
         return super().training_step([indexes, crops, targets], batch_idx)
 
     def hvs_scoring_modules(self) -> list[torch.nn.Module]:
@@ -139,9 +163,14 @@ class HVSMethodMixin:
         method's own top-level buffers (queues) are only read by the scorers, never written."""
         return list(self.children())
 
-    def hvs_select(self, X: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Candidate crops → the crops the method's ``training_step`` expects."""
+    def hvs_select(
+        self, X: Sequence[torch.Tensor], indexes: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None
+    ) -> list[torch.Tensor]:
+        """Candidate crops → the crops the method's ``training_step`` expects. ``indexes: [M]`` /
+        ``targets: [M]``: the batch's sample indexes and labels (DeepClusterV2 reads its k-means
+        assignments by index, SupCon's positives are the samples of the same label)."""
         layout = self.hvs_layout
+        self._hvs_indexes, self._hvs_targets = indexes, targets
         if len(X) != layout.n_crops_in:
             raise ValueError(
                 f"HVS expected {layout.n_crops_in} crops per batch ({layout.n_views} large candidates"
@@ -162,6 +191,10 @@ class HVSMethodMixin:
             return self._hvs_plain(large, small)
         if self.hvs_space is not None:
             return self._hvs_select_multicrop(large, small)
+        if self.hvs_method_name == "deepclusterv2" and not self._hvs_have_assignments():
+            crops = self._hvs_plain(large, small)  # nothing to rank with: a plain (random) pair
+            self.hvs_last["reason"] = "no k-means assignments yet (DeepClusterV2's first epoch)"
+            return crops
         sel = self.hvs_selector
         with sel.scoring(self.hvs_scoring_modules()):
             outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
@@ -185,15 +218,21 @@ class HVSMethodMixin:
         m = self.hvs_method_name
         if m in ("simsiam", "nnsiam", "nnclr"):
             return lambda x: (lambda o: (o["p"], o["z"]))(self(x))
-        if m == "byol":
+        if m in ("byol", "nnbyol"):
             return lambda x: (self(x)["p"], self.momentum_forward(x)["z"])
+        if m == "ressl":  # online query, momentum key (both normalised by the method)
+            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
+        if m == "deepclusterv2":  # p: [heads, B, C] -> [B, heads, C]
+            return lambda x: self(x)["p"].transpose(0, 1)
+        if m == "swav":  # prototype scores of the normalised projection
+            return lambda x: self(x)["p"]
         if m == "mocov2plus":
             return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
         if m == "mocov3":
             return lambda x: (self(x)["q"], self.momentum_forward(x)["k"])
         if m == "dino":  # student, teacher
             return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
-        return lambda x: self(x)["z"]  # simclr, proxy methods
+        return lambda x: self(x)["z"]  # simclr, supcon, proxy methods
 
     def _hvs_nn(self, z: torch.Tensor) -> torch.Tensor:
         n, mm, d = z.shape
@@ -213,6 +252,25 @@ class HVSMethodMixin:
             return negative_cosine_pair_losses(p, self._hvs_nn(z), pairs)
         if m == "byol":
             return byol_pair_losses(outputs[0], outputs[1], pairs)
+        if m == "nnbyol":  # the momentum projections' nearest neighbours in the read-only queue
+            return byol_pair_losses(outputs[0], self._hvs_nn(outputs[1]), pairs)
+        if m == "ressl":
+            q, k = outputs
+            return ressl_pair_losses(q, k, pairs, self.queue, float(self.temperature_q), float(self.temperature_k))
+        if m == "supcon":
+            (z,) = outputs
+            labels = self._hvs_targets
+            if labels is None:
+                raise ValueError("SupCon scores need the batch's labels: call training_step, or hvs_select(X, targets=y)")
+            labels = labels.to(z.device)
+            zall, offset = _gather_all(z)
+            lall, _ = _gather_all(labels.view(1, -1, 1))
+            return supcon_pair_losses(z, labels, pairs, float(self.temperature), zall, lall.view(-1), offset)
+        if m == "deepclusterv2":
+            idx = self._hvs_indexes.to(self.assignments.device)
+            return deepclusterv2_pair_losses(outputs[0], self.assignments[:, idx], pairs, float(self.temperature))
+        if m == "swav":
+            return self._hvs_swav_pair_losses(outputs[0], pairs)
         if m == "simclr":
             (z,) = outputs
             zall, offset = _gather_all(z)
@@ -234,6 +292,47 @@ class HVSMethodMixin:
             return dino_pair_losses(ce, pairs)
         raise ValueError(f"no HVS scorer for method {m!r}")  # pragma: no cover - check_method guards
 
+    def _hvs_have_assignments(self) -> bool:
+        """DeepClusterV2: whether any sample of the batch has a k-means assignment (none before the
+        end of the first epoch: solo-learn fills them with -1)."""
+        a = getattr(self, "assignments", None)
+        if self._hvs_indexes is None:
+            raise ValueError("DeepClusterV2 scores need the batch's indexes: call training_step, or hvs_select(X, indexes=i)")
+        return a is not None and bool((a[:, self._hvs_indexes.to(a.device)] >= 0).any())
+
+    # ------------------------------------------------------------------- SwAV
+    def _hvs_swav_queue(self) -> Optional[list[torch.Tensor]]:
+        """The queue's prototype scores per crop slot ``[Q, K]`` when the method uses it this epoch
+        (as its ``get_assignments``), else None. Read only."""
+        if int(getattr(self, "queue_size", 0)) > 0 and int(self.current_epoch) >= int(self.epoch_queue_starts):
+            return [self.prototypes(self.queue[i]).float() for i in range(2)]
+        return None
+
+    def _hvs_swav_sinkhorn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        sk = getattr(self, "sk", None)
+        if sk is None:
+            raise RuntimeError(
+                "SwAV's Sinkhorn-Knopp (self.sk) is made in on_train_start: select inside a Trainer run, "
+                "or call on_train_start() first"
+            )
+        return sk
+
+    def _hvs_swav_pair_losses(self, scores: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """Two-view SwAV, ``scores: [N, M, K]``: ``½·(CE(q¹_a, p_b) + CE(q²_b, p_a))``, codes q¹/q²
+        from the host's Sinkhorn over each candidate's batch with queue half 1 / 2 (crop 1 / crop 2;
+        two pipelines: a candidate's pipeline is its crop)."""
+        queue, sk, t = self._hvs_swav_queue(), self._hvs_swav_sinkhorn(), float(self.temperature)
+        n = scores.shape[0]
+        groups = self.hvs_layout.groups
+        if queue is None or groups is not None:
+            slot = None if queue is None else [0 if g in groups[0] else 1 for g in range(n)]
+            ce = swav_cross_entropy(swav_codes(scores, sk, queue, slot), scores, t)
+            return swav_pair_losses(ce, pairs)
+        ce1 = swav_cross_entropy(swav_codes(scores, sk, queue, [0] * n), scores, t)
+        ce2 = swav_cross_entropy(swav_codes(scores, sk, queue, [1] * n), scores, t)
+        a, b = pairs[:, 0].to(ce1.device), pairs[:, 1].to(ce1.device)
+        return 0.5 * (ce1[a, b] + ce2[b, a])
+
     def _hvs_dino_temps(self) -> tuple[torch.Tensor, float, float]:
         loss = self.dino_loss_func
         return loss.center, float(loss.teacher_temp_schedule[loss.epoch]), float(loss.student_temp)
@@ -243,12 +342,7 @@ class HVSMethodMixin:
         order = self._hvs_global_order
         glob = large if order is None else [large[i] for i in order.tolist()]
         with sel.scoring(self.hvs_scoring_modules()):
-            student_g, teacher = sel.forward_views(self._hvs_forward_fn(), glob)
-            student_l = (
-                sel.forward_views(lambda x: self.multicrop_forward(x)["z"], small)[0]
-                if small else student_g[:0]
-            )
-            ce = dino_cross_entropy(teacher, torch.cat([student_g, student_l]), *self._hvs_dino_temps())
+            ce = self._hvs_multicrop_ce(glob, small)
         if self.hvs_config.exact:
             choice = space.exact_search(ce, sel.generator)
         else:
@@ -267,6 +361,21 @@ class HVSMethodMixin:
                 "hvs/combinations": float(choice.n_evaluated),
             })
         return [view_a, view_b] + locals_
+
+    def _hvs_multicrop_ce(self, glob: list[torch.Tensor], small: list[torch.Tensor]) -> torch.Tensor:
+        """``ce: [G, G+L, M]`` for :class:`CombinationSpace` (call inside the scoring context):
+        DINO's teacher/student cross-entropy, or SwAV's code/prediction cross-entropy (codes of the
+        interleaved globals: even candidates crop 1, odd crop 2)."""
+        sel, swav = self.hvs_selector, self.hvs_method_name == "swav"
+        outs = sel.forward_views(self._hvs_forward_fn(), glob)  # SwAV: scores; DINO: student, teacher
+        student = outs[0]
+        if small:
+            local = sel.forward_views(lambda x: self.multicrop_forward(x)["p" if swav else "z"], small)[0]
+            student = torch.cat([student, local])
+        if swav:
+            codes = swav_codes(outs[0], self._hvs_swav_sinkhorn(), self._hvs_swav_queue())
+            return swav_cross_entropy(codes, student, float(self.temperature))
+        return dino_cross_entropy(outs[1], student, *self._hvs_dino_temps())
 
     def _hvs_log(self, stats: dict) -> None:
         if getattr(self, "_trainer", None) is None:

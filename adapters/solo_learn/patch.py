@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, MutableMapping
 
-from .config import check_method, parse_hvs_config
+from .config import MULTICROP_METHODS, check_method, parse_hvs_config
 from .layout import candidate_layout, expanded_num_crops
 from .method import make_hvs_method
 
@@ -58,7 +58,7 @@ def expand_cfg_for_hvs(cfg: Any) -> Any:
             "cfg.data.num_large_crops); use data.format: image_folder or h5"
         )
     if not bool(cfg.hvs.get("_expanded", False)):
-        nums = expanded_num_crops(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method == "dino"))
+        nums = expanded_num_crops(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method in MULTICROP_METHODS))
         for aug, n in zip(cfg.augmentations, nums):
             aug.num_crops = n
         cfg.hvs._expanded = True
@@ -68,7 +68,7 @@ def expand_cfg_for_hvs(cfg: Any) -> Any:
 def finish_cfg_for_hvs(cfg: Any) -> Any:
     """After solo-learn's ``parse_cfg``: the method sees 2 large crops (and its small crops)."""
     hvs = parse_hvs_config(hvs_block(cfg))
-    layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method == "dino"))
+    layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method in MULTICROP_METHODS))
     cfg.data.num_large_crops = 2
     cfg.data.num_small_crops = layout.n_small
     return cfg

@@ -84,3 +84,69 @@ def mocov2plus_pair_losses(
     fwd = ntxent_pair_losses(q, pairs, temperature, keys=k, memory_bank=queue[1].t(), symmetric=False)
     bwd = ntxent_pair_losses(q, pairs.flip(1), temperature, keys=k, memory_bank=queue[0].t(), symmetric=False)
     return 0.5 * (fwd + bwd)
+
+
+def ressl_pair_losses(
+    q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor, queue: torch.Tensor,
+    temperature_q: float, temperature_k: float,
+) -> torch.Tensor:
+    """solo-learn ReSSL: ``−Σ softmax(k_b·queue/τ_k) · log_softmax(q_a·queue/τ_q)`` per sample
+    (query of crop 1 = view a, momentum key of crop 2 = view b: ordered pairs). ``q, k: [N, M, D]``
+    normalised projections, ``queue: [Q, D]`` (read only)."""
+    bank = queue.detach().float().to(q.device)
+    log_q = F.log_softmax(torch.einsum("nmd,qd->nmq", q.float(), bank) / temperature_q, dim=-1)
+    p_k = F.softmax(torch.einsum("nmd,qd->nmq", k.float(), bank) / temperature_k, dim=-1)
+    a, b = pairs[:, 0].to(q.device), pairs[:, 1].to(q.device)
+    return -(p_k[b] * log_q[a]).sum(-1)  # [P, M]
+
+
+def supcon_pair_losses(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    pairs: torch.Tensor,
+    temperature: float,
+    all_z: Optional[torch.Tensor] = None,
+    all_labels: Optional[torch.Tensor] = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """solo-learn SupCon (``simclr_loss_func`` with the labels as indexes) per sample: views a and b
+    of all samples form the batch; the anchor (view v, sample i) has as positives every other
+    embedding with its label and as denominator every other embedding,
+    ``−log(Σ_pos e^{s/τ} / Σ_{≠self} e^{s/τ})``; sample i's loss is the mean of its two anchors.
+    ``z: [N, M, D]``, ``labels: [M]``; distributed: every rank's ``all_z: [N, M_all, D]`` and
+    ``all_labels: [M_all]``, this rank's samples at ``offset``. Returns ``[P, M]``."""
+    zn = F.normalize(z.float(), dim=-1)
+    zall = zn if all_z is None else F.normalize(all_z.float().to(zn.device), dim=-1)
+    lall = labels if all_labels is None else all_labels
+    n, m, _ = zn.shape
+    own = torch.arange(m, device=zn.device) + offset
+    gram = torch.einsum("kid,ljd->klij", zn, zall) / temperature  # [N, N, M, M_all]
+    same_label = labels.to(zn.device).unsqueeze(1) == lall.to(zn.device).unsqueeze(0)  # [M, M_all]
+    is_self = torch.zeros_like(same_label)
+    is_self[torch.arange(m), own] = True
+    neg_inf = torch.tensor(float("-inf"), device=zn.device)
+    diag = gram[torch.arange(n), torch.arange(n)]  # [N, M, M_all]: anchor vs its own view
+    own_all = torch.logsumexp(diag.masked_fill(is_self, neg_inf), -1)  # [N, M]
+    own_pos = torch.logsumexp(diag.masked_fill(is_self | ~same_label, neg_inf), -1)
+    cross_all = torch.logsumexp(gram, -1)  # [N, N, M]
+    cross_pos = torch.logsumexp(gram.masked_fill(~same_label, neg_inf), -1)
+    ce = torch.logaddexp(own_all.unsqueeze(1), cross_all) - torch.logaddexp(own_pos.unsqueeze(1), cross_pos)
+    a, b = pairs[:, 0].to(zn.device), pairs[:, 1].to(zn.device)
+    return 0.5 * (ce[a, b] + ce[b, a])
+
+
+def deepclusterv2_pair_losses(
+    logits: torch.Tensor, assignments: torch.Tensor, pairs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """solo-learn DeepClusterV2 per sample: the mean over prototype heads of
+    ``½·(CE(logits_a/τ, y) + CE(logits_b/τ, y))`` with ``y`` the sample's k-means assignment.
+    ``logits: [N, M, H, C]`` (heads' prototype scores), ``assignments: [H, M]`` (−1: none yet;
+    a sample's heads without an assignment are left out, a sample without any scores 0 for
+    every pair). Returns ``[P, M]``."""
+    y = assignments.to(logits.device).t()  # [M, H]
+    valid = y >= 0
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # [N, M, H, C]
+    picked = logp.gather(-1, y.clamp(min=0).expand(logits.shape[0], -1, -1).unsqueeze(-1)).squeeze(-1)
+    per_view = -(picked * valid).sum(-1) / valid.sum(-1).clamp(min=1)  # [N, M]
+    a, b = pairs[:, 0].to(logits.device), pairs[:, 1].to(logits.device)
+    return 0.5 * (per_view[a] + per_view[b])
