@@ -3,6 +3,7 @@
 Imports torch only. Host adapters live in ``hvs_plugins.adapters``.
 """
 from .crops import CandidateTransform, box_iou, install_box_recorders, pair_ious
+from .contrastive import dcl_pair_losses, macl_pair_losses, tico_pair_losses
 from .guard import preserve_state
 from .ibot import ibot_combination_ce, ibot_patch_cross_entropy
 from .losses import (
@@ -39,5 +40,5 @@ __all__ = [
     "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
     "HVSFallbackWarning", "warn_fallbacks", "check_candidate_views", "swav_codes", "swav_cross_entropy", "swav_pair_losses",
-    "ibot_combination_ce", "ibot_patch_cross_entropy",
+    "ibot_combination_ce", "ibot_patch_cross_entropy", "dcl_pair_losses", "macl_pair_losses", "tico_pair_losses",
 ]

@@ -14,6 +14,7 @@ bank, read only during selection), DINOLoss (multi-crop, 2 candidates per crop);
 """
 from .ibot import IBOTLoss
 from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
+from . import more_losses  # noqa: F401,E402  registers DCL(W), MACL, TiCo, DirectCLR; Barlow/VICReg proxy
 from .transforms import CandidateViews
 
 __all__ = ["HVSLoss", "CandidateViews", "IBOTLoss", "PairLossSpec", "register_pair_loss", "supported_losses"]

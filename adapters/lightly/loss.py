@@ -91,10 +91,15 @@ Its mean over samples must equal your loss on that pair (HVS picks, per sample, 
 the highest value)."""
 
 
-def lookup(criterion: nn.Module) -> PairLossSpec:
+def lookup(criterion: nn.Module, proxy: bool = False) -> PairLossSpec:
     for cls in type(criterion).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
+    from .more_losses import proxy_spec  # BarlowTwins / VICReg: the labelled proxy, only when asked for
+
+    spec = proxy_spec(criterion, proxy)
+    if spec is not None:
+        return spec
     name = type(criterion).__name__
     raise NotImplementedError(
         f"HVS has no per-sample loss for {name}. Supported lightly losses: "
@@ -225,7 +230,8 @@ class HVSLoss(nn.Module):
     """A lightly loss with Hard View Selection.
 
     ``criterion``: the lightly loss object (NegativeCosineSimilarity — SimSiam, BYOL; NTXentLoss —
-    SimCLR, MoCo with ``memory_bank_size``; DINOLoss — DINO multi-crop; or a registered class).
+    SimCLR, MoCo with ``memory_bank_size``; DINOLoss — DINO multi-crop; SwaVLoss — SwAV multi-crop;
+    IBOTLoss — iBOT; DCLLoss, DCLWLoss, MACLLoss, TiCoLoss, DirectCLRLoss; or a registered class).
     Calling the wrapper is calling ``criterion`` (the training step is the host's own).
 
     ``n_views``: candidates per sample for two-view methods (the paper: 4). ``groups``: for
@@ -242,6 +248,8 @@ class HVSLoss(nn.Module):
     ``probability`` (then with this probability, from the selector's own generator) and
     ``start_epoch`` (no selection before it; pass ``epoch=`` to ``select``). Off-steps return a plain
     random pair (the first candidates: i.i.d. augmentations).
+    ``proxy=True`` (BarlowTwinsLoss, VICRegLoss only): select with the labelled invariance proxy,
+    as these losses have no per-sample form; ``self.scoring`` is ``"proxy"`` then, else ``"exact"``.
     """
 
     def __init__(
@@ -263,6 +271,7 @@ class HVSLoss(nn.Module):
         probability: float = 1.0,
         start_epoch: int = 0,
         stats: bool = True,
+        proxy: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, nn.Module):
@@ -283,12 +292,18 @@ class HVSLoss(nn.Module):
             self.selector = HardViewSelector(n_views=n_global_candidates, **kw)
             CombinationSpace(n_global_candidates, 2, 1, global_pairing)  # validate early
         else:
-            self.spec = lookup(criterion)
+            self.spec = lookup(criterion, proxy=proxy)
             if groups == "interleaved":
                 groups = interleaved_groups(n_views, 2)
             elif isinstance(groups, str):
                 raise ValueError(f"groups must be None, 'interleaved' or index lists, got {groups!r}")
             self.selector = HardViewSelector(n_views=n_views, groups=groups, ordered=self.spec.is_ordered(criterion), **kw)
+        self.scoring = "proxy" if getattr(self.spec, "proxy", False) else "exact"
+        if proxy and self.scoring != "proxy":
+            raise ValueError(
+                f"proxy=True is for losses without a per-sample form (BarlowTwinsLoss, VICRegLoss); "
+                f"{type(criterion).__name__} is selected with its exact objective: drop proxy=True"
+            )
         self.n_views = n_views
         self.last_selection: Any = None
         self.last_stats: Any = None
@@ -356,6 +371,9 @@ class HVSLoss(nn.Module):
 
         Returns ``(x0, x1)`` for two-view losses and DINO's list ``[g_a, g_b, l_1, ..., l_n]``, on
         the networks' device. ``self.last_selection`` / ``self.last_stats`` keep the details.
+        SwaVLoss: ``model(x)`` -> prototype scores; ``queue``: the queue's prototype scores per
+        high-resolution crop (SwaVLoss's ``queue_outputs``). IBOTLoss: ``select(views, student,
+        teacher, masks=...)`` with one token mask per global candidate; returns ``(views, masks)``.
 
         ``train_views`` (two-view losses): score on ``views`` but return the chosen pair from these
         (the same candidates, augmented otherwise), e.g. :class:`StaticColourViews`'s independently
