@@ -9,8 +9,10 @@
     # DINO: views = criterion.select(batch[0], model, model.forward_teacher, epoch=epoch)
 
 Supported losses: NegativeCosineSimilarity (SimSiam, BYOL), NTXentLoss (SimCLR; MoCo with a memory
-bank, read only during selection), DINOLoss (multi-crop, 2 candidates per crop); others via
-:func:`register_pair_loss`. The demo: ``python -m hvs_plugins.adapters.lightly.demo``.
+bank, read only during selection), DINOLoss and SwaVLoss (multi-crop, 2 candidates per crop),
+IBOTLoss (iBOT: DINOLoss + IBOTPatchLoss, one mask per global candidate), DCLLoss, DCLWLoss,
+MACLLoss, TiCoLoss, DirectCLRLoss; BarlowTwinsLoss / VICRegLoss only with ``proxy=True`` (a
+labelled proxy); others via :func:`register_pair_loss`. The demo: ``python -m hvs_plugins.adapters.lightly.demo``.
 """
 from .ibot import IBOTLoss
 from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
