@@ -9,6 +9,7 @@ then on fresh candidate batches (N=4) every setting's chosen pair is compared wi
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if importlib.util.find_spec("hvs_plugins") is None and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # not installed: the core from the checkout (an installed copy wins)
 
 from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss, demo  # noqa: E402
 

@@ -27,6 +27,7 @@ import argparse
 import copy
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -42,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if importlib.util.find_spec("hvs_plugins") is None and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # not installed: the core from the checkout (an installed copy wins)
 
 import hvs_plugins  # noqa: E402
 from hvs_plugins import (  # noqa: E402
