@@ -174,6 +174,8 @@ def test_swav_bad_input_is_refused():
         HVSLoss(SwaVLoss()).select(views[:4], model, queue=model.queue_scores()[:1])
     with pytest.raises(ValueError, match="global_pairing='cross'"):
         HVSLoss(SwaVLoss(), global_pairing="any").select(views[:4], model, queue=model.queue_scores())
+    with pytest.raises(ValueError, match="Multi-head prototypes"):
+        HVSLoss(SwaVLoss()).select(views[:4], lambda x: [model(x), model(x)], modules=[model])
     assert "SwaVLoss" in supported_losses()
 
 
@@ -295,6 +297,17 @@ def test_ibot_exact_search_is_the_best_combination_and_off_steps():
     torch.testing.assert_close(exact.last_selection.losses, brute, rtol=0, atol=1e-6)
     out, ms = HVSLoss(ibot_criterion(), enabled=False).select(views, model.student, model.teacher, masks=masks)
     assert len(out) == 4 and torch.equal(out[1], views[1]) and torch.equal(out[2], views[4]) and ms[1] is masks[1]
+
+
+def test_ibot_chunked_selection_equals_whole_batch_and_stats_off():
+    torch.manual_seed(2)
+    model = IBOT()
+    views, masks = ibot_views_and_masks(m=7, seed=4)
+    whole, chunked = HVSLoss(ibot_criterion(), cap=10 ** 6), HVSLoss(ibot_criterion(), cap=10 ** 6, chunk_size=3, stats=False)
+    whole.select(views, model.student, model.teacher, masks=masks)
+    chunked.select(views, model.student, model.teacher, masks=masks)  # chunks of 3, 4 samples: masks sliced alike
+    torch.testing.assert_close(chunked.last_selection.candidate_losses, whole.last_selection.candidate_losses,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_ibot_bad_input_is_refused():

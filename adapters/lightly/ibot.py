@@ -29,7 +29,6 @@ from hvs_plugins import (
     gather_views,
     ibot_combination_ce,
     ibot_patch_cross_entropy,
-    warn_fallbacks,
 )
 from hvs_plugins.runner import chunk_bounds
 
@@ -180,7 +179,7 @@ class IBOTMethod:
             )  # [G, G+L, M]
             ce = ibot_combination_ce(cls_ce, torch.stack(patch), space.n_terms, c.cls_weight, c.patch_weight)
         choice = space.exact_search(ce, sel.generator) if hvs.exact else space.search(ce, hvs.cap, sel.generator)
-        warn_fallbacks(choice.fallback, "combination loss")
+        hvs._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
         hvs.last_selection = choice
         hvs.last_stats = None
         out = gather_views(glob, choice.globals_)

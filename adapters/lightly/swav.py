@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from hvs_plugins import CombinationSpace, gather_views, swav_codes, swav_cross_entropy, warn_fallbacks
+from hvs_plugins import CombinationSpace, gather_views, swav_codes, swav_cross_entropy
 
 
 class SwaVMethod:
@@ -81,14 +81,19 @@ class SwaVMethod:
         space = CombinationSpace(g, len(loc), n_local, hvs.global_pairing)
         sel = hvs.selector
         with sel.scoring(mods):
-            scores = sel.forward_views(model, glob)[0]  # [G, M, K]
-            if scores.dim() != 3:
-                raise ValueError(f"the SwAV forward must return prototype scores [B, K], got {list(scores.shape[1:])} per view")
+            outs = sel.forward_views(model, glob)
+            if len(outs) != 1 or outs[0].dim() != 3:
+                raise ValueError(
+                    "the SwAV selection forward must return one prototype-score tensor [B, K] per view (lightly's "
+                    f"SwaV example model(x)); got {len(outs)} output(s). Multi-head prototypes "
+                    "(SwaVPrototypes(n_prototypes=[...])) are not supported: pass a forward for one head"
+                )
+            scores = outs[0]  # [G, M, K]
             every = torch.cat([scores, sel.forward_views(model, loc)[0]]) if loc else scores  # [G+L, M, K]
             codes = swav_codes(scores, self.sinkhorn(), queue)  # slot of candidate g: g % 2 (cross layout)
             ce = swav_cross_entropy(codes, every, float(self.criterion.temperature))  # [G, G+L, M]
         choice = space.exact_search(ce, sel.generator) if hvs.exact else space.search(ce, hvs.cap, sel.generator)
-        warn_fallbacks(choice.fallback, "combination loss")
+        hvs._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
         hvs.last_selection = choice
         hvs.last_stats = None
         out = gather_views(glob, choice.globals_)
