@@ -65,3 +65,59 @@ def plot_iou_histograms(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _band(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Epochs where every run has ``key``, the mean and the std over runs."""
+    import statistics
+
+    epochs = [h["epoch"] for h in runs[0] if all(len(r) >= h["epoch"] and r[h["epoch"] - 1].get(key) is not None for r in runs)]
+    vals = [[r[e - 1][key] for r in runs] for e in epochs]
+    mean = [statistics.mean(v) for v in vals]
+    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+    return epochs, mean, std
+
+
+def plot_training_curves(
+    series: dict[str, Sequence[Sequence[dict]]],
+    path: Union[str, Path],
+    random_fraction: float = 1 / 6,
+    title: str = "",
+) -> Path:
+    """Per-epoch curves, baseline vs HVS (paper Fig. 3 left and Fig. 4 left), mean ± std over seeds.
+
+    ``series``: label → one history per seed; a history is a list of per-epoch dicts with
+    ``epoch`` and any of ``knn``, ``lowest_iou_fraction``, ``mean_trained_iou``. Panels: kNN
+    accuracy, lowest-IoU fraction of the selected pairs (the dotted line: a random pair), mean IoU
+    of the trained pairs."""
+    plt = _plt()
+    panels = [("knn", "kNN accuracy"), ("lowest_iou_fraction", "lowest-IoU fraction"),
+              ("mean_trained_iou", "mean IoU of trained pairs")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, label) in zip(axes, panels):
+        for name, runs in series.items():
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            epochs, mean, std = _band(runs, key)
+            if not epochs:
+                continue
+            line = ax.plot(epochs, mean, marker="o" if len(epochs) < 12 else None, ms=3, label=name)[0]
+            if len(runs) > 1:
+                ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.2)
+        if key == "lowest_iou_fraction":
+            ax.axhline(random_fraction, ls=":", color="gray", label="random pair")
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -17,6 +17,7 @@ labelled proxy); others via :func:`register_pair_loss`. The demo: ``python -m hv
 from .ibot import IBOTLoss
 from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
 from . import more_losses  # noqa: F401,E402  registers DCL(W), MACL, TiCo, DirectCLR; Barlow/VICReg proxy
+from .static_colour import StaticColourViews
 from .transforms import CandidateViews
 
-__all__ = ["HVSLoss", "CandidateViews", "IBOTLoss", "PairLossSpec", "register_pair_loss", "supported_losses"]
+__all__ = ["HVSLoss", "CandidateViews", "IBOTLoss", "StaticColourViews", "PairLossSpec", "register_pair_loss", "supported_losses"]

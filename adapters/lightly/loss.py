@@ -32,6 +32,7 @@ from hvs_plugins import (
 from hvs_plugins.deferred import DeferredFallbackWarnings
 from hvs_plugins.devices import to_device
 
+from .layer_score import check_score_layer, layer_pair_losses
 from .methods import METHOD_NAMES, multicrop_method
 
 Forward = Callable[[torch.Tensor], Any]
@@ -95,7 +96,7 @@ def lookup(criterion: nn.Module, proxy: bool = False) -> PairLossSpec:
     for cls in type(criterion).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
-    from .more_losses import proxy_spec  # BarlowTwins / VICReg: the labelled proxy, only when asked for
+    from .more_losses import proxy_hint, proxy_spec  # BarlowTwins / VICReg: the labelled proxy, only when asked for
 
     spec = proxy_spec(criterion, proxy)
     if spec is not None:
@@ -103,7 +104,7 @@ def lookup(criterion: nn.Module, proxy: bool = False) -> PairLossSpec:
     name = type(criterion).__name__
     raise NotImplementedError(
         f"HVS has no per-sample loss for {name}. Supported lightly losses: "
-        f"{', '.join(supported_losses())}.\n" + _HOW_TO_REGISTER.format(name=name)
+        f"{', '.join(supported_losses())}.\n" + proxy_hint(criterion) + _HOW_TO_REGISTER.format(name=name)
     )
 
 
@@ -250,6 +251,11 @@ class HVSLoss(nn.Module):
     random pair (the first candidates: i.i.d. augmentations).
     ``proxy=True`` (BarlowTwinsLoss, VICRegLoss only): select with the labelled invariance proxy,
     as these losses have no per-sample form; ``self.scoring`` is ``"proxy"`` then, else ``"exact"``.
+    ``score_layer="backbone.layer1"`` (two-view losses; APPROXIMATE, ``self.scoring`` is
+    ``"approximate"``): score pairs by the cosine distance of the online network's activations after
+    that module (e.g. ``conv1``, ``layer1``, ``layer2``, ``avgpool`` of a ResNet backbone; names are
+    relative to ``model``'s module), running the network only up to there (core ``layer_scoring``);
+    cheaper, but not the loss's own objective (agreement: ``benchmarks/agreement.py``).
     """
 
     def __init__(
@@ -272,6 +278,7 @@ class HVSLoss(nn.Module):
         start_epoch: int = 0,
         stats: bool = True,
         proxy: bool = False,
+        score_layer: Optional[str] = None,
     ) -> None:
         super().__init__()
         if not isinstance(criterion, nn.Module):
@@ -304,6 +311,9 @@ class HVSLoss(nn.Module):
                 f"proxy=True is for losses without a per-sample form (BarlowTwinsLoss, VICRegLoss); "
                 f"{type(criterion).__name__} is selected with its exact objective: drop proxy=True"
             )
+        self.score_layer = check_score_layer(score_layer, self.spec is None, self.scoring)
+        if score_layer is not None:
+            self.scoring = "approximate"
         self.n_views = n_views
         self.last_selection: Any = None
         self.last_stats: Any = None
@@ -427,9 +437,12 @@ class HVSLoss(nn.Module):
             return out_views[a], out_views[b]
         sel = self.selector
         with sel.scoring(mods):
-            online = sel.forward_views(model, views, self.n_views)
-            tgt = sel.forward_views(target, views, self.n_views) if target is not None else None
-            losses = self.spec.fn(self.criterion, online, tgt, sel.pairs)
+            if self.score_layer is not None:  # APPROXIMATE: activations of the online network only
+                losses = layer_pair_losses(sel, model, views, self.score_layer, modules)
+            else:
+                online = sel.forward_views(model, views, self.n_views)
+                tgt = sel.forward_views(target, views, self.n_views) if target is not None else None
+                losses = self.spec.fn(self.criterion, online, tgt, sel.pairs)
         if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
             raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
         selection = sel.choose(losses)

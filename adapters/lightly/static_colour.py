@@ -1,0 +1,124 @@
+"""HVS with "static colour during selection" (paper Fig. 4 right) for lightly's view transforms.
+
+A lightly view pipeline is split into its geometric part (RandomResizedCrop, flips, rotations) and
+its photometric part (colour jitter, grayscale, blur, solarisation) + tensor tail (ToTensor,
+Normalize). Per image, N geometric crops are cut; the selection sees them all with **one** shared
+photometric draw (same colour for every candidate, so the pair losses differ by geometry only),
+and the training step gets the chosen crops with their **own** independent photometric draws,
+i.e. exactly the host's standard two-view distribution.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from hvs_plugins import CandidateTransform
+
+_GEOMETRIC = {
+    "RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation",
+    "RandomRotate", "RandomRotateDegrees", "CenterCrop", "Resize", "RandomCrop",
+}
+_TAIL = {"ToTensor", "Normalize", "ToImage", "ToDtype", "ConvertImageDtype", "PILToTensor"}
+
+
+def _name(op: Any) -> str:
+    """Class name; a RandomApply of geometric ops counts as its first (geometric) op."""
+    if type(op).__name__ == "RandomApply" and all(_name(t) in _GEOMETRIC for t in op.transforms):
+        return type(op.transforms[0]).__name__
+    return type(op).__name__
+
+
+def _ops(view_transform: Any) -> list:
+    inner = getattr(view_transform, "transform", view_transform)  # lightly view transform -> Compose
+    ops = getattr(inner, "transforms", None)
+    if not isinstance(ops, (list, tuple)):
+        raise TypeError(
+            f"static colour needs a Compose-style view transform (a list of ops), got {type(view_transform).__name__}"
+        )
+    return list(ops)
+
+
+def split_view_transform(view_transform: Any) -> tuple[list, list, list]:
+    """``(geometric, photometric, tail)`` op lists of a lightly view pipeline, in pipeline order.
+
+    Raises if a geometric op follows a photometric one (the split would change the pipeline)."""
+    geo, photo, tail = [], [], []
+    for op in _ops(view_transform):
+        name = _name(op)
+        if name in _TAIL:
+            tail.append(op)
+        elif name in _GEOMETRIC:
+            if photo or tail:
+                raise ValueError(
+                    f"{name} comes after photometric/tensor ops in {type(view_transform).__name__}: "
+                    "static colour needs the geometric ops (crop, flip, rotation) first"
+                )
+            geo.append(op)
+        else:
+            if tail:
+                raise ValueError(f"{name} comes after the tensor conversion: cannot split the pipeline")
+            photo.append(op)
+    if not geo:
+        raise ValueError(f"{type(view_transform).__name__} has no geometric op (RandomResizedCrop, ...)")
+    return geo, photo, tail
+
+
+class _Chain:
+    def __init__(self, ops: Sequence[Callable[[Any], Any]]) -> None:
+        self.transforms = list(ops)  # `transforms` so that the core's box recorders find the crop
+
+    def __call__(self, x: Any) -> Any:
+        for op in self.transforms:
+            x = op(x)
+        return x
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    random.setstate(state[1])
+    np.random.set_state(state[2])
+
+
+class StaticColourViews:
+    """Candidates for HVS with static colour during selection.
+
+    ``transform``: a lightly two-view transform with one view pipeline used twice
+    (SimSiamTransform, SimCLRTransform, MoCoV2Transform); ``n_views`` candidates per image.
+    Calling it returns ``(select_views, train_views, boxes)``: two lists of N tensors and the crop
+    boxes ``[N, 4]``. ``select_views[c]`` and ``train_views[c]`` are the same crop, coloured with the
+    image's shared photometric draw / with an independent one. Use with
+    ``HVSLoss.select(select_views, model, train_views=train_views, boxes=boxes)``; a baseline run
+    trains on ``train_views[0], train_views[1]`` (two standard views).
+    """
+
+    def __init__(self, transform: Any, n_views: int = 4) -> None:
+        ts = list(getattr(transform, "transforms", None) or [transform])
+        if len({id(t) for t in ts}) != 1:
+            raise ValueError(
+                f"StaticColourViews needs one view pipeline used for both views (SimSiam/SimCLR/MoCo "
+                f"transforms); {type(transform).__name__} has {len({id(t) for t in ts})} different ones"
+            )
+        if n_views < 2:
+            raise ValueError(f"n_views must be >= 2, got {n_views}: HVS compares pairs; the paper uses 4")
+        geo, photo, tail = split_view_transform(ts[0])
+        self.crops = CandidateTransform([_Chain(geo)], n_views)
+        self.photometric = _Chain(photo)
+        self.tail = _Chain(tail)
+        self.n_views = n_views
+
+    def __call__(self, image: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        crops, boxes = self.crops(image)
+        shared = _rng_state()
+        select_views = []
+        for crop in crops:  # the same photometric draw for every candidate: replay the RNG state
+            _set_rng_state(shared)
+            select_views.append(self.tail(self.photometric(crop)))
+        train_views = [self.tail(self.photometric(crop)) for crop in crops]  # independent draws
+        return select_views, train_views, boxes
