@@ -95,22 +95,28 @@ class ProxyPairLossSpec(PairLossSpec):
     proxy: bool = True
 
 
-def proxy_spec(criterion: nn.Module, proxy: bool) -> Optional[PairLossSpec]:
-    """The labelled proxy for a loss without a per-sample form (BarlowTwinsLoss, VICRegLoss) when
-    ``proxy=True``; a clear error when it is False; None for other losses."""
+def _is_proxy_loss(criterion: nn.Module) -> bool:
     from lightly.loss import BarlowTwinsLoss, VICRegLoss
 
-    if not isinstance(criterion, (BarlowTwinsLoss, VICRegLoss)):
-        return None
-    name = type(criterion).__name__
-    if not proxy:
-        raise NotImplementedError(
-            f"{name} is not sample-decomposable (its variance/covariance or cross-correlation terms couple the "
-            "batch), so HVS cannot select with its exact objective. HVSLoss(criterion, proxy=True) selects "
-            "with the labelled invariance proxy (per-sample mean squared distance of the two embeddings; "
-            "hvs.scoring == 'proxy'), or train without HVS."
-        )
-    return ProxyPairLossSpec(_invariance_proxy)
+    return isinstance(criterion, (BarlowTwinsLoss, VICRegLoss))
+
+
+def proxy_spec(criterion: nn.Module, proxy: bool) -> Optional[PairLossSpec]:
+    """The labelled proxy for a loss without a per-sample form (BarlowTwinsLoss, VICRegLoss) when
+    ``proxy=True``; None otherwise (the caller then refuses with :func:`proxy_hint`)."""
+    return ProxyPairLossSpec(_invariance_proxy) if proxy and _is_proxy_loss(criterion) else None
+
+
+def proxy_hint(criterion: nn.Module) -> str:
+    """For the refusal of a proxy loss without ``proxy=True``: what is possible instead ("" otherwise)."""
+    if not _is_proxy_loss(criterion):
+        return ""
+    return (
+        f"{type(criterion).__name__} is not sample-decomposable (its variance/covariance or cross-correlation "
+        "terms couple the batch), so HVS cannot select with its exact objective. HVSLoss(criterion, proxy=True) "
+        "selects with the labelled invariance proxy (per-sample mean squared distance of the two embeddings; "
+        "criterion.scoring == 'proxy'), or train without HVS.\n"
+    )
 
 
 PROXY_LOSSES = ["BarlowTwinsLoss", "VICRegLoss"]
