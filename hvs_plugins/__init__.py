@@ -15,6 +15,7 @@ from .losses import (
 )
 from .multicrop import DEFAULT_CAP, CombinationChoice, Combinations, CombinationSpace
 from .pairs import all_pairs, cross_pairs, interleaved_groups, make_pairs
+from .layer_scoring import cosine_distance_pair_losses, layer_forward, select_by_layer
 from .runner import HardViewSelector, resize_views
 from .schedule import HVSSchedule
 from .selection import (
@@ -39,6 +40,7 @@ __all__ = [
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",
     "make_pairs", "HardViewSelector", "HVSSchedule", "resize_views", "Selection", "argmax_with_fallback",
     "gather_pair", "gather_views", "select_hardest", "SelectionStats", "selection_stats",
+    "cosine_distance_pair_losses", "layer_forward", "select_by_layer",
     "HVSFallbackWarning", "warn_fallbacks", "check_candidate_views", "swav_codes", "swav_cross_entropy", "swav_pair_losses",
     "ibot_combination_ce", "ibot_patch_cross_entropy", "dcl_pair_losses", "macl_pair_losses", "tico_pair_losses",
 ]
