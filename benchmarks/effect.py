@@ -1,114 +1,339 @@
-"""HVS effect on the main job's data: the lightly demo (SimSiam, embedded shapes), baseline vs HVS.
+"""HVS effect study: baseline vs HVS vs compute-matched baseline over a grid of settings, 3 seeds each.
 
-    python benchmarks/effect.py                       # 3 seeds, the demo's default sizes, ~15 min on 1 CPU thread
-    python benchmarks/effect.py --seeds 0 --tiny      # seconds
+    python benchmarks/effect.py --procs 2                 # the whole grid, ~1.5 h on 2 cores (resumes)
+    python benchmarks/effect.py --cells base simclr       # some cells
+    python benchmarks/effect.py --tiny --seeds 0 --cells base --out /tmp/e   # seconds (smoke)
 
-Reuses the demo's data generator, training loop and kNN evaluation (same seed, initial weights, data
-order and number of steps for both runs). Reports the lowest-IoU fraction (paper: >40%, random 1/6),
-mean IoU of the trained pairs, IoU histograms (selected vs random) and kNN accuracy mean ± std over
-the seeds. Writes ``benchmarks/results/effect.json`` and ``benchmarks/results/iou_histogram.png``.
+Every run is the demo's training loop (``hvs_plugins.adapters.lightly.demo_train.train``) with the
+demo's flags; a cell changes one factor around the base cell (SimCLR, lightly's standard
+``SimCLRTransform``, 24 epochs, patches of real photos, HVS with static colour during selection). Per
+cell and seed: the baseline (two random views), HVS, and a compute-matched baseline that trains
+``round(epochs × r)`` epochs, r = the cell's measured HVS compute ratio (selection + host step vs
+host step, timed step by step inside the HVS runs; median over seeds). Runs are cached in
+``<out>/effect_runs/`` (one JSON per run: delete one to re-run it), so an interrupted study resumes.
+Writes ``<out>/effect.json`` (one entry per cell and ``"default"``, the cell chosen by the issue's
+bars), ``<out>/effect_grid.png``, ``<out>/effect_training.png``, ``<out>/iou_histogram.png`` and
+prints the markdown tables of BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hvs_plugins.adapters.lightly import demo  # noqa: E402
+# cell name -> (demo flags on top of the base cell, what changes); the base cell is the demo's default
+CELLS: dict[str, tuple[list[str], str]] = {
+    "base": ([], "SimCLR, standard aug., 24 ep., photos, HVS static colour"),
+    "plain": (["--no-static-colour"], "HVS without static colour"),
+    "simsiam": (["--method", "simsiam"], "SimSiam"),
+    "shapes": (["--data", "shapes"], "embedded shapes instead of photos"),
+    "mild": (["--aug", "mild"], "milder colour and crop"),
+    "strong": (["--aug", "strong"], "stronger colour and crop"),
+    "legacy": (["--aug", "legacy"], "the old demo's colour (hue 0.5, gray 50%)"),
+    "res50": (["--resolution-scale", "0.5"], "selection at 50% resolution"),
+    "prob50": (["--hvs-probability", "0.5"], "HVS on 50% of the steps"),
+    "byol": (["--method", "byol", "--no-static-colour"], "BYOL (asymmetric views: plain HVS)"),
+    "4x": (["--epochs", "96", "--eval-every", "8"], "4x budget (96 epochs)"),
+    "start12": (["--hvs-start-epoch", "12"], "HVS from epoch 12 of 24"),
+}
+HVS_ONLY = {"static_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
+IGNORED = {"threads", "device", "out", "workers", "tiny"}
+BINS = np.linspace(0, 1, 21)
 
 
-def _mean_std(xs):
-    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _parse(argv: list[str]) -> argparse.Namespace:
+    from hvs_plugins.adapters.lightly import demo
+
+    args = demo.build_parser().parse_args(argv)
+    if args.tiny:
+        args = demo.build_parser().parse_args(demo.TINY_ARGV + argv)
+    return args
+
+
+def _key(args: argparse.Namespace, arm: str, epochs: int) -> str:
+    """Cache key of a run: baselines ignore the HVS-only flags, so cells share their baselines."""
+    fields = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED and not (arm != "hvs" and k in HVS_ONLY)}
+    fields.update(arm="hvs" if arm == "hvs" else "baseline", epochs=epochs)
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_job(argv: list[str], arm: str, epochs: int, threads: int) -> dict[str, Any]:
+    """One training run in a worker process: the summary that goes into the cache."""
+    import torch
+
+    from hvs_plugins.adapters.lightly import demo
+
+    torch.set_num_threads(threads)
+    args = _parse(argv)
+    data, _ = demo.load_data(args)
+    t0 = time.perf_counter()
+    run = demo.train(args, data, hvs=arm == "hvs", device=torch.device("cpu"), epochs=epochs, progress=False)
+    return {
+        "argv": argv, "arm": arm, "epochs": epochs, "seed": args.seed, "threads": threads,
+        "knn": run["knn"], "history": run["history"], "final_loss": run["final_loss"],
+        "lowest_iou_fraction": run["lowest_iou_fraction"], "hardness_gap": run["hardness_gap"],
+        "mean_selected_iou": run["mean_selected_iou"], "mean_random_iou": run["mean_random_iou"],
+        "hist_selected": np.histogram(run["selected_iou"], BINS)[0].tolist(),
+        "hist_random": np.histogram(run["random_iou"], BINS)[0].tolist(),
+        "compute_ratio": run["compute_ratio"], "step_time": run["step_time"],
+        "selection_time": run["selection_time"], "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _ms(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+class Study:
+    """Schedules the runs of the chosen cells on a process pool; compute-matched baselines start
+    once their cell's HVS runs have measured the ratio."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.cache = Path(a.out) / "effect_runs"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.base_argv = ["--tiny"] if a.tiny else []
+
+    def argv(self, cell: str, seed: int) -> list[str]:
+        return self.base_argv + CELLS[cell][0] + ["--seed", str(seed)]
+
+    def path(self, cell: str, seed: int, arm: str, epochs: Optional[int] = None) -> Path:
+        args = _parse(self.argv(cell, seed))
+        return self.cache / f"{_key(args, arm, args.epochs if epochs is None else epochs)}.json"
+
+    def load(self, p: Path) -> Optional[dict]:
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def ratio(self, cell: str) -> Optional[float]:
+        runs = [self.load(self.path(cell, s, "hvs")) for s in self.a.seeds]
+        if any(r is None for r in runs):
+            return None
+        return statistics.median(r["compute_ratio"] for r in runs)
+
+    def matched_epochs(self, cell: str) -> Optional[int]:
+        r = self.ratio(cell)
+        return None if r is None else max(1, round(_parse(self.argv(cell, 0)).epochs * r))
+
+    def jobs(self) -> list[tuple]:
+        """(cell, seed, arm, epochs or None) in priority order: cells first to last, seeds, arms."""
+        out = []
+        for cell in self.a.cells:
+            for seed in self.a.seeds:
+                for arm in self.a.arms:
+                    out.append((cell, seed, arm))
+        return out
+
+    def run(self) -> None:
+        todo = self.jobs()
+        running: dict[cf.Future, tuple[Path, str]] = {}
+        claimed: set[str] = set()
+        with cf.ProcessPoolExecutor(max_workers=self.a.procs) as pool:
+            while todo or running:
+                for job in list(todo):
+                    if len(running) >= self.a.procs:
+                        break
+                    cell, seed, arm = job
+                    epochs = None
+                    if arm == "matched":
+                        epochs = self.matched_epochs(cell)
+                        if epochs is None:
+                            if any(j[0] == cell and j[2] == "hvs" for j in todo) or any(
+                                    f[1] == cell for f in running.values()):
+                                continue  # waits for the cell's HVS runs
+                            todo.remove(job)
+                            continue
+                    p = self.path(cell, seed, arm, epochs)
+                    todo.remove(job)
+                    if p.exists() or str(p) in claimed:
+                        continue
+                    claimed.add(str(p))
+                    e = _parse(self.argv(cell, seed)).epochs if epochs is None else epochs
+                    fut = pool.submit(run_job, self.argv(cell, seed), "hvs" if arm == "hvs" else "baseline", e, self.a.threads)
+                    running[fut] = (p, cell)
+                    print(f"[effect] start {cell} seed {seed} {arm} ({e} epochs)", flush=True)
+                if not running:
+                    if todo:  # only matched jobs whose HVS runs failed remain
+                        todo.clear()
+                    continue
+                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    p, cell = running.pop(fut)
+                    res = fut.result()
+                    p.write_text(json.dumps(res))
+                    knn = f"{res['knn']:.1%}" if res["knn"] is not None else "-"
+                    print(f"[effect] done  {cell} seed {res['seed']} {res['arm']} {res['epochs']} ep: kNN {knn}, "
+                          f"{res['wall_s']:.0f}s", flush=True)
+
+    def summary(self, cell: str) -> Optional[dict]:
+        seeds = self.a.seeds
+        base = [self.load(self.path(cell, s, "baseline")) for s in seeds]
+        hvs = [self.load(self.path(cell, s, "hvs")) for s in seeds]
+        if any(r is None for r in base + hvs):
+            return None
+        me = self.matched_epochs(cell)
+        matched = [self.load(self.path(cell, s, "matched", me)) for s in seeds]
+        out: dict[str, Any] = {
+            "flags": CELLS[cell][0], "what": CELLS[cell][1], "seeds": seeds, "epochs": base[0]["epochs"],
+            "knn_baseline": [r["knn"] for r in base], "knn_hvs": [r["knn"] for r in hvs],
+            "knn_baseline_compute_matched": [r["knn"] for r in matched] if all(matched) else None,
+            "compute_matched_epochs": me, "compute_ratio": self.ratio(cell),
+            "compute_ratios": [r["compute_ratio"] for r in hvs],
+            "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in hvs],
+            "random_lowest_iou_fraction": 1 / (4 if "byol" in cell else math.comb(_parse(self.argv(cell, 0)).n_views, 2)),
+            "mean_iou_selected": statistics.mean(r["mean_selected_iou"] for r in hvs),
+            "mean_iou_random": statistics.mean(r["mean_random_iou"] for r in hvs),
+            "hardness_gap": [r["hardness_gap"] for r in hvs],
+            "hist_selected": np.sum([r["hist_selected"] for r in hvs], 0).tolist(),
+            "hist_random": np.sum([r["hist_random"] for r in hvs], 0).tolist(),
+            "history_baseline": [r["history"] for r in base], "history_hvs": [r["history"] for r in hvs],
+            "history_compute_matched": [r["history"] for r in matched] if all(matched) else None,
+        }
+        kb, kh = _ms(out["knn_baseline"]), _ms(out["knn_hvs"])
+        out["bars"] = {
+            "a_stable_baseline": kb["std"] <= 0.02,
+            "b_mechanism": statistics.mean(out["lowest_iou_fraction"]) >= 0.35
+            and out["mean_iou_selected"] <= out["mean_iou_random"] - 0.03,
+            "c_hvs_ge_baseline": kh["mean"] >= kb["mean"],
+        }
+        if out["knn_baseline_compute_matched"]:
+            out["bars"]["hvs_ge_compute_matched"] = kh["mean"] >= _ms(out["knn_baseline_compute_matched"])["mean"]
+        return out
+
+
+def choose_default(cells: dict[str, dict]) -> Optional[str]:
+    """The issue's bars in order: (a) stable baseline and (b) visible mechanism must hold; among
+    those, cells meeting (c) first, then the largest HVS - baseline difference. Only cells the
+    demo can run at its budget (24 epochs) are eligible."""
+    ok = [c for c, s in cells.items() if s["bars"]["a_stable_baseline"] and s["bars"]["b_mechanism"] and s["epochs"] <= 24]
+    if not ok:
+        return None
+    gap = lambda c: statistics.mean(cells[c]["knn_hvs"]) - statistics.mean(cells[c]["knn_baseline"])  # noqa: E731
+    return max(ok, key=lambda c: (cells[c]["bars"]["c_hvs_ge_baseline"], gap(c)))
+
+
+def _fmt(xs: Optional[list[float]]) -> str:
+    if not xs:
+        return "-"
+    m = _ms(xs)
+    return f"{m['mean']:.1%} ± {m['std']:.1%}"
+
+
+def tables(cells: dict[str, dict], default: Optional[str]) -> str:
+    rows = ["| cell | what changes | kNN baseline | kNN HVS | kNN compute-matched (epochs) | ratio | lowest-IoU fraction (random) | mean IoU sel. / random | bars a b c |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c, s in cells.items():
+        b = s["bars"]
+        rows.append(
+            f"| {c}{' **(default)**' if c == default else ''} | {s['what']} | {_fmt(s['knn_baseline'])} | {_fmt(s['knn_hvs'])} | "
+            f"{_fmt(s['knn_baseline_compute_matched'])} ({s['compute_matched_epochs']}) | x{s['compute_ratio']:.2f} | "
+            f"{_fmt(s['lowest_iou_fraction'])} ({s['random_lowest_iou_fraction']:.1%}) | "
+            f"{s['mean_iou_selected']:.3f} / {s['mean_iou_random']:.3f} | "
+            f"{'✓' if b['a_stable_baseline'] else '✗'} {'✓' if b['b_mechanism'] else '✗'} {'✓' if b['c_hvs_ge_baseline'] else '✗'} |")
+    out = "\n".join(rows)
+    if default:
+        s = cells[default]
+        per = ["", f"Default cell `{default}`, per seed:", "",
+               "| seed | kNN baseline | kNN HVS | kNN compute-matched | lowest-IoU fraction |", "|---|---|---|---|---|"]
+        cm = s["knn_baseline_compute_matched"] or [float("nan")] * len(s["seeds"])
+        for i, seed in enumerate(s["seeds"]):
+            per.append(f"| {seed} | {s['knn_baseline'][i]:.1%} | {s['knn_hvs'][i]:.1%} | {cm[i]:.1%} | {s['lowest_iou_fraction'][i]:.1%} |")
+        out += "\n" + "\n".join(per)
+    return out
+
+
+def figures(cells: dict[str, dict], default: Optional[str], out: Path) -> list[str]:
+    from hvs_plugins.plotting import _plt, plot_iou_histograms, plot_training_curves
+
+    paths = []
+    plt = _plt()
+    names = list(cells)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate([("knn_baseline", "baseline"), ("knn_hvs", "HVS"),
+                                      ("knn_baseline_compute_matched", "compute-matched baseline")]):
+        vals = [cells[c][key] or [float("nan")] for c in names]
+        ax1.bar(x + (k - 1) * 0.27, [np.mean(v) for v in vals], 0.27, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                label=label, capsize=2)
+    ax1.set_xticks(x, names, rotation=45, ha="right")
+    ax1.set_ylabel("kNN accuracy (mean ± std, 3 seeds)")
+    ax1.legend(fontsize=8)
+    ax1.grid(axis="y", alpha=0.3)
+    lo = [cells[c]["lowest_iou_fraction"] for c in names]
+    ax2.bar(x, [np.mean(v) for v in lo], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in lo], capsize=2, color="C1")
+    ax2.scatter(x, [cells[c]["random_lowest_iou_fraction"] for c in names], marker="_", s=300, color="k", label="random pair", zorder=3)
+    ax2.axhline(0.35, ls=":", color="gray", label="bar (b): 35%")
+    ax2.set_xticks(x, names, rotation=45, ha="right")
+    ax2.set_ylabel("lowest-IoU fraction of selected pairs")
+    ax2.legend(fontsize=8)
+    ax2.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "effect_grid.png", dpi=100)
+    plt.close(fig)
+    paths.append(out / "effect_grid.png")
+    if default:
+        s = cells[default]
+        series = {"baseline": s["history_baseline"], "HVS": s["history_hvs"]}
+        if "plain" in cells and default != "plain":
+            series["HVS without static colour"] = cells["plain"]["history_hvs"]
+        paths.append(plot_training_curves(series, out / "effect_training.png", s["random_lowest_iou_fraction"],
+                                          title=f"effect study, cell '{default}' (mean ± std over seeds {s['seeds']})"))
+        centers = (BINS[:-1] + BINS[1:]) / 2
+        hists = {"HVS selected pair": np.repeat(centers, s["hist_selected"]),
+                 "random pair": np.repeat(centers, s["hist_random"])}
+        if "plain" in cells and default != "plain":
+            hists["HVS selected, no static colour"] = np.repeat(centers, cells["plain"]["hist_selected"])
+        paths.append(plot_iou_histograms(hists, out / "iou_histogram.png",
+                                         title=f"IoU of training pairs (cell '{default}', all seeds)"))
+    return [str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p) for p in paths]
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (numbers depend on it)")
+    p.add_argument("--procs", type=int, default=1, help="runs in parallel")
     p.add_argument("--tiny", action="store_true", help="the demo's tiny sizes (smoke)")
-    p.add_argument("--demo-args", nargs=argparse.REMAINDER, default=[],
-                   help="further demo flags, e.g. --epochs 6 --n-images 2560")
+    p.add_argument("--arms", nargs="+", default=["baseline", "hvs", "matched"], choices=["baseline", "hvs", "matched"])
+    p.add_argument("--report-only", action="store_true", help="tables and figures from the cached runs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    dargv = (demo.TINY_ARGV if a.tiny else []) + list(a.demo_args)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
+    study = Study(a)
     t0 = time.perf_counter()
-    runs = []
-    sel_all, rnd_all = [], []
-    for seed in a.seeds:
-        args = demo.build_parser().parse_args(dargv + ["--seed", str(seed)])
-        n_test = max(10, args.n_images // 4)
-        images, labels = demo.make_shapes(args.n_images + n_test, args.image_size, seed=12345)
-        tr, te = images[: args.n_images], images[args.n_images:]
-        ytr, yte = labels[: args.n_images], labels[args.n_images:]
-        dev = torch.device("cpu")
-        base = demo.train(args, tr, hvs=False, device=dev, desc=f"baseline seed {seed}")
-        hvs = demo.train(args, tr, hvs=True, device=dev, desc=f"HVS seed {seed}")
-        rec = {"seed": seed}
-        for name, run in (("baseline", base), ("hvs", hvs)):
-            bb = run["model"].backbone
-            rec[f"knn_{name}"] = demo.knn_accuracy(demo.embed(bb, tr, dev), ytr, demo.embed(bb, te, dev), yte)
-            rec[f"final_loss_{name}"] = run["final_loss"]
-            rec[f"step_time_{name}"] = run["step_time"]
-        rec["lowest_iou_fraction"] = hvs["lowest_iou_fraction"]
-        rec["mean_selected_iou"] = float(np.mean(hvs["selected_iou"]))
-        rec["mean_random_iou"] = float(np.mean(hvs["random_iou"]))
-        rec["hardness_gap"] = hvs["hardness_gap"]
-        sel_all += hvs["selected_iou"]
-        rnd_all += hvs["random_iou"]
-        runs.append(rec)
-        print(json.dumps(rec), flush=True)
-    n_views = demo.build_parser().parse_args(dargv).n_views
-    summary = {
-        "demo_args": dargv, "seeds": a.seeds, "threads": a.threads,
-        "load_before": load0, "load_after": os.getloadavg(), "wall_s": time.perf_counter() - t0,
-        "cpu": platform.processor() or platform.machine(),
-        "random_lowest_iou_fraction": 1 / math.comb(n_views, 2),
-        "runs": runs,
-    }
-    for key in ("knn_baseline", "knn_hvs", "lowest_iou_fraction", "mean_selected_iou", "mean_random_iou"):
-        m, s = _mean_std([r[key] for r in runs])
-        summary[key] = {"mean": m, "std": s}
-    # IoU histograms: selected vs random pair, all seeds pooled (densities over 20 bins)
-    edges = np.linspace(0, 1, 21)
-    summary["iou_histogram"] = {
-        "edges": edges.tolist(),
-        "selected": np.histogram(sel_all, bins=edges, density=True)[0].round(4).tolist(),
-        "random": np.histogram(rnd_all, bins=edges, density=True)[0].round(4).tolist(),
-    }
-    try:
-        from hvs_plugins.plotting import plot_iou_histograms
-
-        fig = plot_iou_histograms({"HVS selected pair": sel_all, "random pair": rnd_all}, out / "iou_histogram.png",
-                                  title="IoU of training pairs (demo, all seeds)")
-        summary["figure"] = str(fig.relative_to(ROOT)) if fig.is_relative_to(ROOT) else str(fig)
-    except ImportError:
-        pass
-    (out / "effect.json").write_text(json.dumps(summary, indent=1))
-    kb, kh = summary["knn_baseline"], summary["knn_hvs"]
-    lo = summary["lowest_iou_fraction"]
-    print(f"kNN accuracy over seeds {a.seeds}: baseline {kb['mean']:.1%} ± {kb['std']:.1%}, HVS {kh['mean']:.1%} ± {kh['std']:.1%}")
-    print(f"lowest-IoU fraction: {lo['mean']:.1%} ± {lo['std']:.1%} (random 1/{math.comb(n_views, 2)} = "
-          f"{summary['random_lowest_iou_fraction']:.1%}; paper >40%) -> {'PASS' if lo['mean'] > 0.40 else 'MISS'} (>40%)")
-    print(f"mean IoU of trained pairs: HVS {summary['mean_selected_iou']['mean']:.3f} vs random {summary['mean_random_iou']['mean']:.3f}")
-    print(f"wall {summary['wall_s']:.0f}s, load {load0} -> {summary['load_after']}")
-    return summary
+    if not a.report_only:
+        study.run()
+    cells = {c: s for c in a.cells if (s := study.summary(c)) is not None}
+    default = choose_default(cells)
+    result: dict[str, Any] = {"seeds": a.seeds, "threads": a.threads, "cells": cells, "default_cell": default,
+                              "wall_s_this_call": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
+    if default:
+        result["default"] = {k: cells[default][k] for k in (
+            "flags", "epochs", "seeds", "knn_baseline", "knn_hvs", "knn_baseline_compute_matched",
+            "compute_matched_epochs", "compute_ratio", "lowest_iou_fraction", "mean_iou_selected", "mean_iou_random", "bars")}
+    if cells:
+        try:
+            result["figures"] = figures(cells, default, out)
+        except ImportError:
+            pass
+    (out / "effect.json").write_text(json.dumps(result, indent=1))
+    print(tables(cells, default))
+    print(f"default cell: {default}; figures: {result.get('figures')}")
+    return result
 
 
 if __name__ == "__main__":

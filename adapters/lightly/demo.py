@@ -29,7 +29,7 @@ from .demo_train import (  # noqa: F401 (public names)
 _Images = Images  # the name older benchmark scripts use
 
 # Arguments of a run that takes a few seconds (tests, smoke checks).
-TINY_ARGV = ["--epochs", "1", "--n-images", "96", "--n-test", "40", "--batch-size", "32", "--image-size", "16",
+TINY_ARGV = ["--epochs", "1", "--n-images", "96", "--n-test", "40", "--n-bank", "96", "--batch-size", "32", "--image-size", "16",
              "--width", "8"]
 
 # What the effect study measured for the default setting (benchmarks/results/effect.json, "default"),
@@ -61,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hvs-demo",
         description="Hard View Selection demo: a lightly method, baseline vs HVS, same seed and budget.",
     )
-    p.add_argument("--data", default="shapes",
+    p.add_argument("--data", default="photos",
                    help="'shapes' (embedded), 'photos' (patches of scikit-image's sample photos) or a folder of "
                         "images (one subfolder per class for kNN, or flat)")
-    p.add_argument("--method", default="simsiam", choices=METHODS)
+    p.add_argument("--method", default="simclr", choices=METHODS)
     p.add_argument("--aug", default="standard", choices=list(AUGMENTATIONS),
                    help="augmentation around the method's lightly default transform (blur off below 32 px)")
     p.add_argument("--static-colour", action=argparse.BooleanOptionalAction, default=True,
@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=24)
     p.add_argument("--n-views", type=int, default=4, help="HVS candidates per image (the paper: 4)")
     p.add_argument("--n-images", type=int, default=1280, help="training images")
-    p.add_argument("--n-test", type=int, default=1000, help="test images of the embedded sets (kNN)")
+    p.add_argument("--n-test", type=int, default=4000, help="test images of the embedded sets (kNN)")
+    p.add_argument("--n-bank", type=int, default=4000,
+                   help="kNN memory of the embedded sets: the training images and more of the same kind")
     p.add_argument("--width", type=int, default=16, help="backbone width (features = 8 x width)")
     p.add_argument("--lr", type=float, default=0.5, help="learning rate per 256 samples")
     p.add_argument("--seed", type=int, default=0)
@@ -94,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 def load_data(args: argparse.Namespace) -> tuple[dict, str]:
     """``({"train", "y_train", "test", "y_test"}, description)`` for ``args.data``."""
     if args.data in ("shapes", "photos"):
-        tr, ytr, te, yte = make_data(args.data, args.n_images, args.n_test, args.image_size)
+        data = make_data(args.data, args.n_images, args.n_test, args.image_size, args.n_bank)
         what = "embedded shapes" if args.data == "shapes" else "patches of 10 scikit-image photos"
-        return ({"train": tr, "y_train": ytr, "test": te, "y_test": yte},
-                f"{what} (10 classes, {len(tr)} train / {len(te)} test, {args.image_size}px)")
+        return data, (f"{what} (10 classes, {len(data['train'])} train / {len(data['test'])} test, "
+                      f"kNN memory {len(data['bank'])}, {args.image_size}px)")
     images, labels, names = load_folder(args.data, args.image_size, args.n_images)
     if labels is None:
         return {"train": images, "y_train": None, "test": None, "y_test": None}, f"{args.data} ({len(images)} images, no labels: kNN skipped)"
@@ -154,7 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     }
     if data["y_test"] is not None:
         tr, te = data["train"], data["test"]
-        result["knn_raw_pixels"] = knn_accuracy(tr.reshape(len(tr), -1).astype(np.float32), data["y_train"],
+        bank, y_bank = (data["bank"], data["y_bank"]) if data.get("bank") is not None else (tr, data["y_train"])
+        result["knn_raw_pixels"] = knn_accuracy(bank.reshape(len(bank), -1).astype(np.float32), y_bank,
                                                 te.reshape(len(te), -1).astype(np.float32), data["y_test"])
         result["knn_baseline"], result["knn_hvs"] = base["knn"], hvs["knn"]
     from hvs_plugins.plotting import plot_iou_histograms, plot_training_curves

@@ -126,15 +126,21 @@ def make_photo_patches(n_train: int, n_test: int, size: int = 24, seed: int = 0)
             np.stack([a for a, _ in te]), np.array([c for _, c in te]))
 
 
-def make_data(name: str, n_train: int, n_test: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(train, y_train, test, y_test)`` of an embedded data set: ``shapes`` or ``photos``."""
+def make_data(name: str, n_train: int, n_test: int, size: int, n_bank: int = 0) -> dict[str, np.ndarray]:
+    """An embedded data set, ``shapes`` or ``photos``: ``{"train", "y_train", "bank", "y_bank",
+    "test", "y_test"}``. ``bank``: the kNN memory, the training images followed by more images of
+    the same distribution up to ``n_bank`` (a larger memory and test set make the kNN accuracy a
+    less noisy read-out of the features)."""
+    n_bank = max(n_bank, n_train)
     if name == "shapes":
-        images, labels = make_shapes(n_train + n_test, size, seed=12345)
-        return images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
-    if name == "photos":
-        return make_photo_patches(n_train, n_test, size, seed=12345)
-    raise ValueError(f"unknown data set {name!r}: 'shapes' or 'photos' (or --data FOLDER)")
-
+        images, labels = make_shapes(n_bank + n_test, size, seed=12345)
+        bank, y_bank, test, y_test = images[:n_bank], labels[:n_bank], images[n_bank:], labels[n_bank:]
+    elif name == "photos":
+        bank, y_bank, test, y_test = make_photo_patches(n_bank, n_test, size, seed=12345)
+    else:
+        raise ValueError(f"unknown data set {name!r}: 'shapes' or 'photos' (or --data FOLDER)")
+    return {"train": bank[:n_train], "y_train": y_bank[:n_train], "bank": bank, "y_bank": y_bank,
+            "test": test, "y_test": y_test}
 
 
 # ----------------------------------------------------------------------------- a user folder

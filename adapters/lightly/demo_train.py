@@ -151,9 +151,10 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def evaluate(backbone: nn.Module, data: dict, device: torch.device) -> float:
-    """kNN (k=20, cosine) accuracy of the backbone's features: train images → test images."""
-    return knn_accuracy(embed(backbone, data["train"], device), data["y_train"],
-                        embed(backbone, data["test"], device), data["y_test"])
+    """kNN (k=20, cosine) accuracy of the backbone's features: memory bank (default: the training
+    images) → test images."""
+    bank, y_bank = (data["bank"], data["y_bank"]) if data.get("bank") is not None else (data["train"], data["y_train"])
+    return knn_accuracy(embed(backbone, bank, device), y_bank, embed(backbone, data["test"], device), data["y_test"])
 
 
 # ----------------------------------------------------------------------------- training

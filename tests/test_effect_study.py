@@ -1,0 +1,75 @@
+"""The effect study (benchmarks/effect.py) in its tiny configuration: runs, caches, reports, chooses."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightly")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def effect():
+    spec = importlib.util.spec_from_file_location("hvs_effect", ROOT / "benchmarks" / "effect.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["hvs_effect"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tiny_study_writes_cells_and_caches_runs(effect, tmp_path):
+    out = effect.main(["--tiny", "--seeds", "0", "1", "--cells", "base", "plain", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "effect.json").read_text())
+    assert set(data["cells"]) == {"base", "plain"}
+    for cell in data["cells"].values():
+        assert len(cell["knn_baseline"]) == len(cell["knn_hvs"]) == len(cell["knn_baseline_compute_matched"]) == 2
+        assert cell["compute_matched_epochs"] >= cell["epochs"]  # HVS costs more than the host step
+        assert 0 <= min(cell["lowest_iou_fraction"]) <= max(cell["lowest_iou_fraction"]) <= 1
+        assert set(cell["bars"]) >= {"a_stable_baseline", "b_mechanism", "c_hvs_ge_baseline"}
+    # the two cells differ only in an HVS flag: they share the baseline runs (one cache file per run)
+    assert data["cells"]["base"]["knn_baseline"] == data["cells"]["plain"]["knn_baseline"]
+    runs = list((tmp_path / "effect_runs").glob("*.json"))
+    n_matched = len({data["cells"][c]["compute_matched_epochs"] for c in data["cells"]})
+    assert len(runs) == 2 * (1 + 2 + n_matched)  # per seed: 1 baseline, 2 HVS variants, matched baselines
+    assert (tmp_path / "effect_grid.png").is_file()
+    # a second call reuses the cache: same numbers without training
+    again = effect.main(["--tiny", "--seeds", "0", "1", "--cells", "base", "plain", "--out", str(tmp_path), "--report-only"])
+    assert again["cells"]["base"]["knn_hvs"] == out["cells"]["base"]["knn_hvs"]
+
+
+def test_same_seed_same_numbers(effect):
+    argv = ["--tiny", "--seed", "3"]
+    a = effect.run_job(argv, "hvs", 1, 1)
+    b = effect.run_job(argv, "hvs", 1, 1)
+    assert a["history"] == b["history"] and a["knn"] == b["knn"] and a["hist_selected"] == b["hist_selected"]
+
+
+def _cell(knn_b, knn_h, lowest, sel, rnd, epochs=24):
+    import statistics
+
+    return {"knn_baseline": knn_b, "knn_hvs": knn_h, "epochs": epochs, "bars": {
+        "a_stable_baseline": statistics.stdev(knn_b) <= 0.02,
+        "b_mechanism": statistics.mean(lowest) >= 0.35 and sel <= rnd - 0.03,
+        "c_hvs_ge_baseline": statistics.mean(knn_h) >= statistics.mean(knn_b)}}
+
+
+def test_default_follows_the_bars_in_order(effect):
+    cells = {
+        "unstable": _cell([0.5, 0.7, 0.6], [0.9, 0.9, 0.9], [0.5] * 3, 0.4, 0.5),       # fails (a)
+        "no_mechanism": _cell([0.6, 0.6, 0.6], [0.8, 0.8, 0.8], [0.2] * 3, 0.5, 0.5),   # fails (b)
+        "hvs_behind": _cell([0.6, 0.61, 0.6], [0.55, 0.55, 0.55], [0.4] * 3, 0.4, 0.5),
+        "hvs_ahead": _cell([0.6, 0.61, 0.6], [0.62, 0.62, 0.62], [0.4] * 3, 0.4, 0.5),
+        "too_long": _cell([0.6, 0.6, 0.6], [0.7, 0.7, 0.7], [0.4] * 3, 0.4, 0.5, epochs=96),
+    }
+    assert effect.choose_default(cells) == "hvs_ahead"
+    del cells["hvs_ahead"]
+    assert effect.choose_default(cells) == "hvs_behind"  # (c) missed: still the best cell meeting (a), (b)
+    del cells["hvs_behind"]
+    assert effect.choose_default(cells) is None
