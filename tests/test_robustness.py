@@ -510,10 +510,12 @@ def test_mmselfsup_unsupported_algorithm(tmp_path):
     with pytest.raises(NotImplementedError, match=r"HardViewSelectionHook does not support the algorithm Mine: "
                        r"supported are SimSiam, SimCLR, BYOL, MoCo, MoCoV3"):
         check_supported(Mine())
-    bt = BarlowTwins.__new__(BarlowTwins)  # a real MMSelfSup algorithm without a per-sample loss
+    bt = BarlowTwins.__new__(BarlowTwins)  # a real MMSelfSup algorithm without a per-sample loss (proxy only)
     nn.Module.__init__(bt)
-    with pytest.raises(NotImplementedError, match=r"does not support the algorithm BarlowTwins.*Remove the hook"):
+    with pytest.raises(NotImplementedError, match=r"BarlowTwins has no per-sample loss .* set "
+                       r"dict\(type='HardViewSelectionHook', proxy=True\) .* or remove the hook"):
         check_supported(bt)
+    assert check_supported(bt, proxy=True) == "BarlowTwins"
 
 
 @needs_mmselfsup

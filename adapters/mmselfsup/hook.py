@@ -23,9 +23,19 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from hvs_plugins import HardViewSelector, HVSSchedule, check_candidate_views, selection_stats, warn_fallbacks
+from hvs_plugins import (
+    DEFAULT_CAP,
+    CombinationSpace,
+    HardViewSelector,
+    HVSSchedule,
+    check_candidate_views,
+    gather_views,
+    selection_stats,
+    warn_fallbacks,
+)
 
-from .scoring import SUPPORTED, check_supported, score_pairs
+from .scoring import PROXY, SUPPORTED, check_supported, score_pairs
+from .swav import swav_loss_module, swav_multicrop_ce
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 
@@ -78,6 +88,10 @@ class HardViewSelectionHook(Hook):
             each view alone (N forwards of B views; approximate).
         seed: seed of the selector's own generator (only used for all-non-finite fallbacks).
         log_stats: put ``hvs/*`` scalars into the MessageHub (and so the log).
+        proxy: allow BarlowTwins, scored with the labelled invariance proxy (it has no per-sample
+            loss); its scalars are logged as ``hvs_proxy/*``.
+        cap / exact: SwAV multi-crop (``MultiView num_views=[n_views, 2 * n_local]``): combinations
+            compared per batch (the paper: 128), or the true argmax over all of them.
     """
 
     priority = "NORMAL"
@@ -95,6 +109,9 @@ class HardViewSelectionHook(Hook):
         simclr_pair_forward: bool = True,
         seed: int = 0,
         log_stats: bool = True,
+        proxy: bool = False,
+        cap: int = DEFAULT_CAP,
+        exact: bool = False,
     ) -> None:
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype, None)
@@ -107,6 +124,10 @@ class HardViewSelectionHook(Hook):
         # validates n_views, resolution_scale, chunk_size, autocast_dtype now (config errors early)
         HardViewSelector(n_views, resolution_scale=resolution_scale, chunk_size=chunk_size,
                          joint_views=joint_views, autocast_dtype=autocast_dtype, seed=seed)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"cap must be an int >= 1 (SwAV multi-crop combinations per batch; the paper: 128), got {cap!r}")
+        self.proxy, self.cap, self.exact = bool(proxy), cap, bool(exact)
+        self.space: Optional[CombinationSpace] = None  # SwAV multi-crop combinations
         self.n_views = n_views
         self.resolution_scale = resolution_scale
         self.chunk_size = chunk_size
@@ -124,7 +145,7 @@ class HardViewSelectionHook(Hook):
 
     # ------------------------------------------------------------------ setup
     def before_run(self, runner) -> None:
-        self.algorithm = check_supported(_unwrap(runner.model))
+        self.algorithm = check_supported(_unwrap(runner.model), self.proxy)
         loading = getattr(runner, "_resume", False) or getattr(runner, "_load_from", None)
         if loading and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
             # mmengine 0.10 checkpoints hold numpy/python objects: torch >= 2.6 refuses them with its
@@ -138,9 +159,12 @@ class HardViewSelectionHook(Hook):
 
     def before_train(self, runner) -> None:
         model = _unwrap(runner.model)
-        self.algorithm = check_supported(model)
+        self.algorithm = check_supported(model, self.proxy)
         self.groups = self._check_pipeline(runner)
-        ordered = self.algorithm == "MoCo" and self.groups is None  # query/key asymmetric
+        # query/key asymmetric (MoCo); SwAV's crop 1 and crop 2 meet different queue halves
+        ordered = self.algorithm in ("MoCo", "SwAV") and self.groups is None
+        if self.algorithm == "SwAV":
+            self._setup_swav(model)
         self.selector = HardViewSelector(
             self.n_views, groups=self.groups, ordered=ordered,
             resolution_scale=self.resolution_scale, chunk_size=self.chunk_size,
@@ -170,6 +194,9 @@ class HardViewSelectionHook(Hook):
         if len(counts) > 1:
             raise ValueError(f"HardViewSelectionHook: the train datasets disagree on MultiView num_views: {sorted(counts)}")
         num_views = list(views[0].num_views)
+        if self.algorithm == "SwAV":
+            self._swav_num_views = num_views
+            return None
         if sum(num_views) != self.n_views:
             fix = (
                 f"num_views={self.n_views}" if len(num_views) == 1
@@ -193,26 +220,59 @@ class HardViewSelectionHook(Hook):
             "layouts are not supported by this hook"
         )
 
+    def _setup_swav(self, model) -> None:
+        """SwAV: two views (``num_crops=[2]``, pairs) or multi-crop (``num_crops=[2, n]``, 2
+        candidates per crop, combinations of a global pair and n locals)."""
+        if self.chunk_size is not None or self.joint_views:
+            raise ValueError(
+                "HardViewSelectionHook for SwAV scores every batch as a whole (its Sinkhorn codes couple "
+                "the samples): remove chunk_size / joint_views from the hook"
+            )
+        num_crops = [int(n) for n in swav_loss_module(model).num_crops]
+        num_views = getattr(self, "_swav_num_views", None)
+        n_local = num_crops[1] if len(num_crops) == 2 else 0
+        if num_crops[0] != 2 or len(num_crops) > 2:
+            raise NotImplementedError(f"HVS scores SwAV with num_crops [2] or [2, n], got {num_crops}")
+        want = [self.n_views] + ([2 * n_local] if n_local else [])
+        if num_views is not None and num_views != want:
+            raise ValueError(
+                f"HardViewSelectionHook(n_views={self.n_views}) for SwAV with num_crops={num_crops} needs "
+                f"MultiView num_views={want} ({self.n_views} global candidates"
+                + (f", 2 candidates per local crop" if n_local else "") + f"), got {num_views}"
+            )
+        self._swav_n_local = n_local
+        if n_local:  # even global candidates are crop 1 (queue half 1), odd ones crop 2
+            self.space = CombinationSpace(self.n_views, 2 * n_local, n_local, global_pairing="cross")
+
+    @property
+    def n_inputs(self) -> int:
+        """Views per batch the pipeline must emit (SwAV multi-crop: global + local candidates)."""
+        return self.n_views + (2 * self._swav_n_local if self.space is not None else 0)
+
     # -------------------------------------------------------------- selection
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         if self.selector is None or not isinstance(data_batch, dict):
             return
         inputs = data_batch.get("inputs")
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != self.n_views:
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != self.n_inputs:
             got = len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__
             raise ValueError(
                 f"HardViewSelectionHook(n_views={self.n_views}) got {got} views in the batch: the "
-                f"train pipeline must emit {self.n_views} views (MultiView num_views), e.g. "
-                f"dict(type='MultiView', num_views={self.n_views}, transforms=[view_pipeline])"
+                f"train pipeline must emit {self.n_inputs} views (MultiView num_views), e.g. "
+                f"dict(type='MultiView', num_views={self.n_inputs}, transforms=[view_pipeline])"
             )
         model = _unwrap(runner.model)
         # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
-        check_candidate_views(inputs, self.n_views, modules=[model])
+        check_candidate_views(inputs[: self.n_views], self.n_views, modules=[model])
+        if self.space is not None:
+            check_candidate_views(inputs[self.n_views:], modules=[model])
         step = runner.iter if hasattr(runner, "iter") else batch_idx
         if not self.schedule.active(step, getattr(runner, "epoch", 0)):
             a, b = self.selector.pairs[0].tolist()
-            data_batch["inputs"] = [inputs[a], inputs[b]]
+            data_batch["inputs"] = [inputs[a], inputs[b]] + list(inputs[self.n_views:: 2] if self.space else [])
             return
+        if self.space is not None:
+            return self._select_multicrop(runner, model, data_batch, list(inputs))
         start = time.perf_counter()
         with self.selector.scoring([model]):
             views = self._preprocess(model, list(inputs))
@@ -231,8 +291,32 @@ class HardViewSelectionHook(Hook):
         self.last_selection = selection
         if self.log_stats:
             hub = runner.message_hub
-            for key, value in selection_stats(selection).as_dict("train/hvs/").items():
+            prefix = "train/hvs_proxy/" if self.algorithm in PROXY else "train/hvs/"  # labelled proxy
+            for key, value in selection_stats(selection).as_dict(prefix).items():
                 hub.update_scalar(key, value)
+            hub.update_scalar("train/hvs/time", time.perf_counter() - start)
+
+    def _select_multicrop(self, runner, model, data_batch: dict, inputs: list) -> None:
+        """SwAV multi-crop: the combination (global pair + locals) with the highest loss per sample."""
+        start = time.perf_counter()
+        sel, space = self.selector, self.space
+        with sel.scoring([model]):
+            views = self._preprocess(model, inputs)
+            ce = swav_multicrop_ce(model, sel, views[: self.n_views], views[self.n_views:])
+        choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
+        n_fallback = warn_fallbacks(choice.fallback, "combination loss")
+        if n_fallback:
+            runner.logger.warning(f"HardViewSelectionHook: {n_fallback} samples had no finite combination loss")
+        glob, loc = inputs[: self.n_views], inputs[self.n_views:]
+        data_batch["inputs"] = gather_views(glob, choice.globals_) + gather_views(loc, choice.locals_)
+        self.last_selection = choice
+        if self.log_stats:
+            hub = runner.message_hub
+            finite = torch.isfinite(choice.candidate_losses)
+            hub.update_scalar("train/hvs/selected_loss", float(choice.losses.mean()))
+            hub.update_scalar("train/hvs/pair_loss", float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan"))
+            hub.update_scalar("train/hvs/fallbacks", float(choice.fallback.sum()))
+            hub.update_scalar("train/hvs/combinations", float(choice.n_evaluated))
             hub.update_scalar("train/hvs/time", time.perf_counter() - start)
 
     @staticmethod

@@ -17,10 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvs_plugins import HardViewSelector, negative_cosine_pair_losses, ntxent_pair_losses, resize_views
+from hvs_plugins import (
+    HardViewSelector,
+    invariance_proxy_pair_losses,
+    negative_cosine_pair_losses,
+    ntxent_pair_losses,
+    resize_views,
+)
 from hvs_plugins.devices import to_device
 
-SUPPORTED = ("SimSiam", "SimCLR", "BYOL", "MoCo", "MoCoV3")
+SUPPORTED = ("SimSiam", "SimCLR", "BYOL", "MoCo", "MoCoV3", "SwAV", "BarlowTwins")
+# No per-sample loss: only the labelled invariance proxy, with HardViewSelectionHook(proxy=True).
+PROXY = ("BarlowTwins",)
 _HOSTS = ("mmselfsup", "mmpretrain")
 
 
@@ -33,13 +41,20 @@ def algorithm_name(model: nn.Module) -> Optional[str]:
     return None
 
 
-def check_supported(model: nn.Module) -> str:
+def check_supported(model: nn.Module, proxy: bool = False) -> str:
     name = algorithm_name(model)
     if name is None:
         raise NotImplementedError(
             f"HardViewSelectionHook does not support the algorithm {type(model).__name__}: supported "
-            f"are {', '.join(SUPPORTED)} (MMSelfSup 1.x or MMPretrain 1.x). Remove the hook from "
-            "custom_hooks for this algorithm."
+            f"are {', '.join(SUPPORTED)} (MMSelfSup 1.x or MMPretrain 1.x; {', '.join(PROXY)} with "
+            "proxy=True). Remove the hook from custom_hooks for this algorithm."
+        )
+    if name in PROXY and not proxy:
+        raise NotImplementedError(
+            f"{name} has no per-sample loss (its cross-correlation matrix couples the whole batch), so "
+            "HardViewSelectionHook cannot select with its exact objective; set "
+            "dict(type='HardViewSelectionHook', proxy=True) to select with the labelled invariance proxy "
+            "(mean squared distance of the two embeddings), or remove the hook"
         )
     return name
 
@@ -187,7 +202,21 @@ def _simclr(model, selector: HardViewSelector, views, pair_forward: bool = True)
     return weight * torch.stack(out)
 
 
+def _barlowtwins_proxy(model, selector: HardViewSelector, views) -> torch.Tensor:
+    """PROXY, not the host's loss: the per-sample invariance term of the neck embeddings."""
+    (z,) = selector.forward_views(lambda x: model.neck(model.backbone(x))[0], views, selector.n_views)
+    return invariance_proxy_pair_losses(z, selector.pairs)
+
+
+def _swav(model, selector: HardViewSelector, views) -> torch.Tensor:
+    from .swav import swav_pair_losses
+
+    return swav_pair_losses(model, selector, views)
+
+
 SCORERS: dict[str, Callable] = {
+    "SwAV": _swav,
+    "BarlowTwins": _barlowtwins_proxy,
     "SimSiam": _simsiam,
     "BYOL": _byol,
     "MoCo": _moco,
