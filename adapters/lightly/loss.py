@@ -9,6 +9,7 @@ loop's normal training step. DINO multi-crop: :meth:`HVSLoss.select` returns DIN
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -34,6 +35,7 @@ from hvs_plugins.devices import to_device
 
 from .layer_score import check_score_layer, layer_pair_losses
 from .methods import METHOD_NAMES, multicrop_method
+from .target_reuse import check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs
 
 Forward = Callable[[torch.Tensor], Any]
 # fn(criterion, online_outputs, target_outputs, pairs) -> [P, M]; outputs are lists of [N, M, ...]
@@ -364,6 +366,7 @@ class HVSLoss(nn.Module):
         modules: Sequence[nn.Module] = (),
         boxes: Optional[torch.Tensor] = None,
         return_teacher_out: bool = False,
+        return_target_out: bool = False,
         queue: Optional[Sequence[torch.Tensor]] = None,
         masks: Optional[Sequence[torch.Tensor]] = None,
         train_views: Optional[Sequence[torch.Tensor]] = None,
@@ -396,6 +399,12 @@ class HVSLoss(nn.Module):
         when reusing is exact: selection at ``resolution_scale=1.0`` and a teacher whose output per
         sample does not depend on the batch or the RNG (no BatchNorm or dropout in train mode, e.g.
         a ViT); with ``autocast_dtype`` the outputs carry that precision.
+
+        ``return_target_out=True`` (BYOL, MoCo: a ``target`` forward): returns ``((x0, x1), (t0, t1))``,
+        ``t0``/``t1`` the selection's momentum outputs of the chosen views (``[M, D]`` float32), so the
+        training step skips its momentum forward. The same conditions as ``return_teacher_out``
+        (call after the momentum update; full resolution; no BatchNorm/dropout in train mode in the
+        momentum network), refused with the reason otherwise (``target_reuse.py``).
         """
         if (
             isinstance(views, (tuple, list)) and len(views) == 2 and isinstance(views[0], (tuple, list))
@@ -410,6 +419,8 @@ class HVSLoss(nn.Module):
             views = [to_device(v, device) for v in views]
         if return_teacher_out:
             self._check_teacher_reuse(_owner_modules([target if target is not None else model]) or list(modules))
+        if return_target_out:
+            check_target_reuse(self, target, train_views)
         if self.method is not None:  # SwaVLoss (queue=), IBOTLoss (masks=): see swav.py, ibot.py
             return self.method.select(self, views, model, target, mods, active=self._active(epoch), epoch=epoch,
                                       teacher_temp=teacher_temp, queue=queue, masks=masks, boxes=boxes)
@@ -434,6 +445,8 @@ class HVSLoss(nn.Module):
         out_views = views if train_views is None else train_views
         if not self._active(epoch):
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
+            if return_target_out:
+                return (out_views[a], out_views[b]), plain_target_outputs(target, out_views[a], out_views[b])
             return out_views[a], out_views[b]
         sel = self.selector
         with sel.scoring(mods):
@@ -441,14 +454,19 @@ class HVSLoss(nn.Module):
                 losses = layer_pair_losses(sel, model, views, self.score_layer, modules)
             else:
                 online = sel.forward_views(model, views, self.n_views)
-                tgt = sel.forward_views(target, views, self.n_views) if target is not None else None
+                with modules_run() if return_target_out else contextlib.nullcontext([]) as ran:
+                    tgt = sel.forward_views(target, views, self.n_views) if target is not None else None
                 losses = self.spec.fn(self.criterion, online, tgt, sel.pairs)
+        if return_target_out:  # exact only if the momentum network it ran is per-sample (no BN / dropout)
+            check_ran_modules(ran, {id(m): n for o in mods for n, m in o.named_modules() if n})
         if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
             raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
         selection = sel.choose(losses)
         self._warn(selection.fallback, "pair loss")
         self.last_selection = selection
         self.last_stats = selection_stats(selection, boxes) if self.stats else None
+        if return_target_out:  # tgt: [N, M, D] per output; chosen: [M, 2]
+            return selection.gather(out_views), chosen_target_outputs(tgt, selection.chosen)
         return selection.gather(out_views)
 
     def _warn(self, fallback: torch.Tensor, what: str) -> None:
