@@ -26,7 +26,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "figs"
     result = demo.main(["--tiny", "--out", str(out), "--threads", "1"])
     printed = capsys.readouterr().out
-    for name in ("hvs_candidates.png", "hvs_iou_histogram.png"):
+    for name in ("hvs_candidates.png", "hvs_iou_histogram.png", "hvs_training.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 1000
     for key in ("knn_baseline", "knn_hvs", "knn_raw_pixels"):
         assert 0.0 <= result[key] <= 1.0
@@ -53,6 +53,27 @@ def test_demo_user_folder(tmp_path):
 def test_demo_rejects_bad_flags(tmp_path):
     with pytest.raises(SystemExit):
         demo.main(["--tiny", "--n-views", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no-static-colour"):
+        demo.main(["--tiny", "--method", "byol", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="resolution-scale"):
+        demo.main(["--tiny", "--resolution-scale", "0", "--out", str(tmp_path)])
+
+
+def test_photo_patches_deterministic_balanced_and_bank_holds_train():
+    pytest.importorskip("skimage")
+    a = demo.make_data("photos", 40, 20, 16, n_bank=60)
+    b = demo.make_data("photos", 40, 20, 16, n_bank=60)
+    assert a["train"].shape == (40, 16, 16, 3) and a["bank"].shape == (60, 16, 16, 3) and a["test"].shape == (20, 16, 16, 3)
+    assert np.array_equal(a["test"], b["test"]) and np.array_equal(a["bank"], b["bank"])
+    assert np.array_equal(a["bank"][:40], a["train"])  # the memory bank starts with the training images
+    assert sorted(set(a["y_test"].tolist())) == list(range(10))
+
+
+def test_demo_other_methods_run(tmp_path):
+    for method, extra in (("simsiam", []), ("byol", ["--no-static-colour"])):
+        result = demo.main(["--tiny", "--method", method, "--data", "shapes", "--out", str(tmp_path / method),
+                            "--threads", "1"] + extra)
+        assert 0.0 <= result["knn_hvs"] <= 1.0 and result["hardness_gap"] >= 0
 
 
 def test_demo_tiny_hvs_on_part_of_the_steps(tmp_path):
