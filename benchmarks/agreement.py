@@ -1,14 +1,19 @@
 """Do the cheap selection settings pick the same pair as full-resolution fp32 selection?
 
-    python benchmarks/agreement.py            # ~1 min on 1 CPU thread
+    python benchmarks/agreement.py                  # both parts (~1 min + ~2.5 min on 1 CPU thread)
+    python benchmarks/agreement.py --part settings  # resolution / bf16 / joint_views on the demo model
+    python benchmarks/agreement.py --part layers    # score_layer (APPROXIMATE): agreement + step-time ratio,
+                                                    # SimSiam and SimCLR (benchmarks/agreement_layers.py)
 
 A SimSiam model of the lightly demo is trained briefly (baseline, 2 epochs of the embedded data);
 then on fresh candidate batches (N=4) every setting's chosen pair is compared with the reference
 (resolution 1.0, fp32, one forward per view). Chance agreement: 1/6. Writes
-``benchmarks/results/agreement.json``.
+``benchmarks/results/agreement.json`` (a part run alone replaces only its own entries; the layer
+part is under ``"score_layer"``).
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -23,7 +28,7 @@ if importlib.util.find_spec("hvs_plugins") is None and str(ROOT) not in sys.path
 from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss, demo  # noqa: E402
 
 
-def main(argv=None) -> dict:
+def settings_agreement(argv=None) -> dict:
     from lightly.loss import NegativeCosineSimilarity
     from lightly.transforms import SimSiamTransform
 
@@ -58,9 +63,29 @@ def main(argv=None) -> dict:
     out = {name: sum(v) / len(v) for name, v in agree.items()}
     out["chance"] = 1 / 6
     out["samples"] = len(agree["bf16"])
-    (ROOT / "benchmarks" / "results" / "agreement.json").write_text(json.dumps(out, indent=1))
     for k, v in out.items():
         print(f"{k:16s} {v:.3f}" if isinstance(v, float) else f"{k:16s} {v}")
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description="selection agreement of the cheap settings with the exact selection")
+    p.add_argument("--part", choices=["all", "settings", "layers"], default="all")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "agreement.json"))
+    p.add_argument("--tiny", action="store_true", help="layers part in seconds (tests): batch 8, 1 rep")
+    a, rest = p.parse_known_args(argv)
+    path = Path(a.out)
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    if a.part in ("all", "settings"):
+        out.update(settings_agreement(rest))
+    if a.part in ("all", "layers"):
+        import agreement_layers
+
+        kw = dict(batch=8, n_batches=1, train_steps=1, reps=1, size=16) if a.tiny else {}
+        out["score_layer"] = agreement_layers.main(**kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
     return out
 
 
