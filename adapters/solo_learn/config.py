@@ -51,7 +51,9 @@ class HVSConfig:
     ``every`` / ``probability`` / ``start_epoch``: cost knobs (the core's ``HVSSchedule``): HVS on
     steps ``step % every == 0``, then with this probability, from this epoch on; on other steps the
     method trains on the first candidates (a plain random pair). ``enabled``: false switches HVS
-    off while keeping the block.
+    off while keeping the block. ``score_layer``: APPROXIMATE two-view scoring by the cosine distance
+    of the activations after this module of the method (e.g. ``backbone.layer1``), the network run
+    only up to there (core ``layer_scoring``); null (default): the method's own loss.
     """
 
     n_views: int = 4
@@ -69,6 +71,7 @@ class HVSConfig:
     probability: float = 1.0
     start_epoch: int = 0
     enabled: bool = True
+    score_layer: Optional[str] = None
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
@@ -144,6 +147,10 @@ def parse_hvs_config(block: Any) -> HVSConfig:
     d["resolution_scale"] = float(scale)
     if d["global_pairing"] not in (None, "cross", "any"):
         raise ValueError(f"hvs.global_pairing must be null, 'cross' or 'any', got {d['global_pairing']!r}")
+    if d["score_layer"] is not None and (not isinstance(d["score_layer"], str) or not d["score_layer"]):
+        raise ValueError(f"hvs.score_layer must be null or a module name such as 'backbone.layer1', got {d['score_layer']!r}")
+    if d["score_layer"] is not None and d["proxy"]:
+        raise ValueError("hvs.score_layer and hvs.proxy are two different approximations: choose one")
     if d["autocast"] is not None and d["autocast"] not in _DTYPES:
         raise ValueError(f"hvs.autocast must be null or one of {sorted(_DTYPES)}, got {d['autocast']!r}")
     return HVSConfig(**d)

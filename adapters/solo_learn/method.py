@@ -37,6 +37,7 @@ from hvs_plugins import (
     warn_fallbacks,
 )
 from hvs_plugins.devices import to_device
+from hvs_plugins.layer_scoring import cosine_distance_pair_losses, layer_forward, resolve_layer
 
 from .config import MULTICROP_METHODS, HVSConfig, check_method, parse_hvs_config
 from .layout import CandidateLayout, candidate_layout
@@ -143,6 +144,12 @@ class HVSMethodMixin:
             if method == "dino":  # solo-learn's DINO ignores small crops: head them, count them
                 self.dino_loss_func.num_large_crops = 2 + layout.n_small
         self.hvs_last: dict = {}
+        if hvs.score_layer is not None:  # APPROXIMATE layer scoring (two-view methods)
+            if self.hvs_space is not None:
+                raise ValueError(f"hvs.score_layer is for two-view selection, not {method!r} multi-crop "
+                                 "combinations: remove score_layer (or the small crops)")
+            resolve_layer(self, hvs.score_layer)  # unknown name: an error listing the valid ones, now
+            self.hvs_mode = "approximate"
 
     # --------------------------------------------------------------- DINO crops
     def multicrop_forward(self, X: torch.Tensor) -> dict:
@@ -197,8 +204,12 @@ class HVSMethodMixin:
             return crops
         sel = self.hvs_selector
         with sel.scoring(self.hvs_scoring_modules()):
-            outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
-            losses = self.hvs_pair_losses(outputs, sel.pairs)
+            if self.hvs_config.score_layer is not None:  # APPROXIMATE: activations after that module
+                run = layer_forward(self, self, self.hvs_config.score_layer)
+                losses = cosine_distance_pair_losses(sel.forward_views(run, large, layout.n_views)[0], sel.pairs)
+            else:
+                outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
+                losses = self.hvs_pair_losses(outputs, sel.pairs)
         selection = sel.choose(losses)
         warn_fallbacks(selection.fallback)
         view_a, view_b = selection.gather(large)
@@ -380,8 +391,8 @@ class HVSMethodMixin:
     def _hvs_log(self, stats: dict) -> None:
         if getattr(self, "_trainer", None) is None:
             return  # outside a Trainer (unit tests, manual calls)
-        if self.hvs_mode == "proxy":
-            stats = {k.replace("hvs/", "hvs_proxy/", 1): v for k, v in stats.items()}
+        if self.hvs_mode in ("proxy", "approximate"):  # labelled: not the method's own loss
+            stats = {k.replace("hvs/", f"hvs_{self.hvs_mode}/", 1): v for k, v in stats.items()}
         self.log_dict(stats, on_step=True, on_epoch=False, sync_dist=False)
 
     # ------------------------------------------------------------ checkpoints
