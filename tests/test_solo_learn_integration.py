@@ -460,7 +460,7 @@ def test_gathered_scores_equal_solo_losses_under_two_process_ddp(tmp_path):
     script.write_text(_DDP_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "init")], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)  # as the launcher runs: loaded CI machines
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "rank 0 worst" in out and "rank 1 worst" in out
