@@ -10,7 +10,6 @@ from lightly.loss import SwaVLoss
 from lightly.loss.swav_loss import sinkhorn
 
 from hvs_plugins import CombinationSpace, all_pairs, swav_codes, swav_cross_entropy, swav_pair_losses
-from hvs_plugins.multicrop import Combinations
 
 G, L, M, K = 4, 6, 10, 12  # 2 candidates per crop: 2 globals, 3 locals
 
