@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 CELLS: dict[str, tuple[list[str], str]] = {
     "base": ([], "SimCLR, standard aug., 24 ep., photos, HVS static colour"),
     "plain": (["--no-static-colour"], "HVS without static colour"),
+    "static_flip": (["--static-flip"], "HVS static colour and flip (candidates differ by crop only)"),
     "simsiam": (["--method", "simsiam"], "SimSiam"),
     "shapes": (["--data", "shapes"], "embedded shapes instead of photos"),
     "mild": (["--aug", "mild"], "milder colour and crop"),
@@ -50,8 +51,10 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "4x": (["--epochs", "96", "--eval-every", "8"], "4x budget (96 epochs)"),
     "start12": (["--hvs-start-epoch", "12"], "HVS from epoch 12 of 24"),
 }
-HVS_ONLY = {"static_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
+HVS_ONLY = {"static_colour", "static_flip", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
 IGNORED = {"threads", "device", "out", "workers", "tiny"}
+# flags added after runs were cached: at these values they leave the cache keys as they were
+LATER_FLAGS = {"static_flip": False}
 BINS = np.linspace(0, 1, 21)
 
 
@@ -66,7 +69,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _key(args: argparse.Namespace, arm: str, epochs: int) -> str:
     """Cache key of a run: baselines ignore the HVS-only flags, so cells share their baselines."""
-    fields = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED and not (arm != "hvs" and k in HVS_ONLY)}
+    fields = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED and not (arm != "hvs" and k in HVS_ONLY)
+              and not (k in LATER_FLAGS and v == LATER_FLAGS[k])}
     fields.update(arm="hvs" if arm == "hvs" else "baseline", epochs=epochs)
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -87,3 +87,19 @@ def test_select_scores_views_and_returns_train_views():
     assert torch.equal(a, train_views[0]) and torch.equal(b, train_views[1])
     with pytest.raises(ValueError, match="same candidates"):
         crit.select(views, model, train_views=train_views[:3])
+
+
+def test_static_flip_shares_the_flip_during_selection_only():
+    img = _image(2)
+    kw = dict(input_size=16, gaussian_blur=0.0, cj_prob=0.0, random_gray_scale=0.0, min_scale=1.0, hf_prob=0.5)
+    geo, photo, _ = split_view_transform(SimSiamTransform(**kw).transforms[0], flips_with_colour=True)
+    assert "RandomHorizontalFlip" not in [type(o).__name__ for o in geo]
+    assert type(photo[0]).__name__ == "RandomHorizontalFlip"
+    # scale 1: every crop is the whole image, so the candidates differ by their flip only
+    torch.manual_seed(5)
+    select_views, train_views, _ = StaticColourViews(SimSiamTransform(**kw), n_views=8, static_flip=True)(img)
+    assert all(torch.equal(v, select_views[0]) for v in select_views)
+    assert not all(torch.equal(v, train_views[0]) for v in train_views)  # independent flips for training
+    torch.manual_seed(5)
+    plain_select, _, _ = StaticColourViews(SimSiamTransform(**kw), n_views=8)(img)
+    assert not all(torch.equal(v, plain_select[0]) for v in plain_select)  # flips are per candidate otherwise

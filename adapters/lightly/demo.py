@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-colour", action=argparse.BooleanOptionalAction, default=True,
                    help="HVS scores the candidates with one shared colour draw per image and trains on "
                         "independently coloured views (paper Fig. 4 right); --no-static-colour: plain HVS")
+    p.add_argument("--static-flip", action="store_true",
+                   help="with --static-colour: the flips are shared during selection too (candidates differ by their crop only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=64)
@@ -113,6 +115,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--n-views must be >= 2 (the paper uses 4)")
     if args.static_colour and args.method == "byol":
         raise SystemExit("--static-colour needs one view pipeline (SimSiam, SimCLR); BYOL's two differ: add --no-static-colour")
+    if args.static_flip and not args.static_colour:
+        raise SystemExit("--static-flip is a variant of --static-colour: drop --no-static-colour")
     if not 0 < args.resolution_scale <= 1:
         raise SystemExit(f"--resolution-scale must be in (0, 1], got {args.resolution_scale}")
 
@@ -138,7 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     mix = "" if args.hvs_probability >= 1 and not args.hvs_start_epoch else (
         f" (HVS on {args.hvs_probability:.0%} of steps from epoch {args.hvs_start_epoch}, random pairs otherwise)")
-    variant = ("static colour during selection" if args.static_colour else "plain") + (
+    variant = (("static colour and flip" if args.static_flip else "static colour") + " during selection"
+               if args.static_colour else "plain") + (
         f", selection at {args.resolution_scale:.0%} resolution" if args.resolution_scale != 1 else "")
     print(f"HVS demo: {args.method} ({args.aug} augmentation) on {source}, {args.epochs} epochs, batch "
           f"{args.batch_size}, N={args.n_views}, HVS {variant}{mix}, device {device}")

@@ -169,7 +169,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     """Train one run; ``data``: ``{"train", "y_train", "test", "y_test"}`` (labels may be None).
 
     ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, seed,
-    static_colour, resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
+    static_colour, static_flip, resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
     ``epochs`` overrides ``args.epochs`` (compute-matched baselines). Returns the model and, per
     epoch, kNN accuracy (every ``eval_every`` epochs and the last), the lowest-IoU fraction and
     the mean IoU of the trained pairs (HVS: selected; baseline: random), plus median timings of
@@ -193,7 +193,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     n_views = args.n_views if hvs else 2
     static = bool(hvs and args.static_colour)
     if static:
-        transform: Any = StaticColourViews(base_transform, n_views=n_views)
+        transform: Any = StaticColourViews(base_transform, n_views=n_views, static_flip=args.static_flip)
     else:
         transform = CandidateViews(base_transform, n_views=n_views, return_boxes=True)
     groups = "interleaved" if args.method == "byol" else None

@@ -5,7 +5,9 @@ its photometric part (colour jitter, grayscale, blur, solarisation) + tensor tai
 Normalize). Per image, N geometric crops are cut; the selection sees them all with **one** shared
 photometric draw (same colour for every candidate, so the pair losses differ by geometry only),
 and the training step gets the chosen crops with their **own** independent photometric draws,
-i.e. exactly the host's standard two-view distribution.
+i.e. exactly the host's standard two-view distribution. With ``static_flip=True`` the flips join
+the shared draw too (they commute with the pixel-wise colour ops), so the candidates differ by
+their crop box only.
 """
 from __future__ import annotations
 
@@ -41,14 +43,23 @@ def _ops(view_transform: Any) -> list:
     return list(ops)
 
 
-def split_view_transform(view_transform: Any) -> tuple[list, list, list]:
+_FLIPS = {"RandomHorizontalFlip", "RandomVerticalFlip"}
+
+
+def split_view_transform(view_transform: Any, flips_with_colour: bool = False) -> tuple[list, list, list]:
     """``(geometric, photometric, tail)`` op lists of a lightly view pipeline, in pipeline order.
 
-    Raises if a geometric op follows a photometric one (the split would change the pipeline)."""
-    geo, photo, tail = [], [], []
+    ``flips_with_colour``: flips go to the front of the photometric list (same distribution: a
+    flip commutes with the crop's box and with pixel-wise colour ops). Raises if a geometric op
+    follows a photometric one (the split would change the pipeline)."""
+    geo, photo, tail, flips = [], [], [], []
     for op in _ops(view_transform):
         name = _name(op)
-        if name in _TAIL:
+        if flips_with_colour and name in _FLIPS:
+            if photo or tail:
+                raise ValueError(f"{name} comes after photometric/tensor ops: cannot split the pipeline")
+            flips.append(op)
+        elif name in _TAIL:
             tail.append(op)
         elif name in _GEOMETRIC:
             if photo or tail:
@@ -63,7 +74,7 @@ def split_view_transform(view_transform: Any) -> tuple[list, list, list]:
             photo.append(op)
     if not geo:
         raise ValueError(f"{type(view_transform).__name__} has no geometric op (RandomResizedCrop, ...)")
-    return geo, photo, tail
+    return geo, flips + photo, tail
 
 
 class _Chain:
@@ -95,10 +106,11 @@ class StaticColourViews:
     boxes ``[N, 4]``. ``select_views[c]`` and ``train_views[c]`` are the same crop, coloured with the
     image's shared photometric draw / with an independent one. Use with
     ``HVSLoss.select(select_views, model, train_views=train_views, boxes=boxes)``; a baseline run
-    trains on ``train_views[0], train_views[1]`` (two standard views).
+    trains on ``train_views[0], train_views[1]`` (two standard views). ``static_flip``: the
+    flips are shared during selection too (candidates then differ by their crop box only).
     """
 
-    def __init__(self, transform: Any, n_views: int = 4) -> None:
+    def __init__(self, transform: Any, n_views: int = 4, static_flip: bool = False) -> None:
         ts = list(getattr(transform, "transforms", None) or [transform])
         if len({id(t) for t in ts}) != 1:
             raise ValueError(
@@ -107,7 +119,7 @@ class StaticColourViews:
             )
         if n_views < 2:
             raise ValueError(f"n_views must be >= 2, got {n_views}: HVS compares pairs; the paper uses 4")
-        geo, photo, tail = split_view_transform(ts[0])
+        geo, photo, tail = split_view_transform(ts[0], flips_with_colour=static_flip)
         self.crops = CandidateTransform([_Chain(geo)], n_views)
         self.photometric = _Chain(photo)
         self.tail = _Chain(tail)
