@@ -438,9 +438,10 @@ def test_swav_two_view_pair_losses_equal_swav_loss(swav_runs, queue):
 
 
 def test_swav_multicrop_combination_equals_swav_loss(swav_runs):
-    """Multi-crop: 4 global + 4 local candidates for 2 + 2 crops. With per-sample normalisation
-    (BatchNorm in eval mode here) a combination's mean equals loss() on it with every sample on it;
-    in train mode the hook's joint candidate forward differs from loss()'s by its BN batch."""
+    """Multi-crop: 4 global + 4 local candidates for 2 + 2 crops. In train mode the two combinations
+    the scorer forwards as the host's batches (globals 0, 1 + locals 0, 1; globals 2, 3 + locals 2, 3)
+    are exact when every sample is on them; with per-sample normalisation (BatchNorm in eval mode)
+    every combination's mean equals loss() on it with every sample on it."""
     runner = swav_runs["multicrop"]
     model, hook = runner.model, _hook(runner)
     space = hook.space
@@ -462,17 +463,25 @@ def test_swav_multicrop_combination_equals_swav_loss(swav_runs):
     for i in range(BATCH):
         assert torch.equal(out[0][i], raw[choice.globals_[i, 0]][i]) and torch.equal(out[1][i], raw[choice.globals_[i, 1]][i])
         assert torch.equal(out[2][i], raw[4 + choice.locals_[i, 0]][i])
+    from hvs_plugins import Combinations
     from hvs_plugins.adapters.mmselfsup.swav import swav_multicrop_ce
 
+    def check(ce, views, combos):
+        for combo in combos:
+            crops = [views[g] for g in combo.globals_[0].tolist()] + [views[4 + j] for j in combo.locals_[0].tolist()]
+            ref = _swav_reference(model, crops, batch["data_samples"])
+            torch.testing.assert_close(float(space.evaluate(ce, combo)[0].mean()), ref, rtol=1e-5, atol=1e-5)
+
+    with hook.selector.scoring([model]):  # train mode
+        views = hook._preprocess(model, raw)
+        ce = swav_multicrop_ce(model, hook.selector, views[:4], views[4:])
+    check(ce, views, [Combinations(torch.tensor([[0, 1]]), torch.tensor([[0, 1]])),
+                      Combinations(torch.tensor([[2, 3]]), torch.tensor([[2, 3]]))])
     model.eval()
     with hook.selector.scoring([model]):
         views = hook._preprocess(model, raw)
         ce = swav_multicrop_ce(model, hook.selector, views[:4], views[4:])
-    for flat in (0, 7, space.size - 1):
-        combo = space.unrank(torch.tensor([flat]))
-        crops = [views[g] for g in combo.globals_[0].tolist()] + [views[4 + j] for j in combo.locals_[0].tolist()]
-        ref = _swav_reference(model, crops, batch["data_samples"])
-        torch.testing.assert_close(float(space.evaluate(ce, combo)[0].mean()), ref, rtol=1e-5, atol=1e-5)
+    check(ce, views, [space.unrank(torch.tensor([flat])) for flat in (0, 7, space.size - 1)])
     model.train()
 
 

@@ -173,12 +173,15 @@ class HardViewSelectionHook(Hook):
         if self._pending_state is not None:
             self.selector.load_state_dict(self._pending_state)
             self._pending_state = None
-        runner.logger.info(
-            f"HardViewSelectionHook: {self.algorithm}, {self.n_views} candidate views, "
-            f"{self.selector.pairs.shape[0]} pairs"
-            + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
-            + (", ordered query/key" if ordered else "")
-        )
+        if self.space is not None:
+            what = (f"{self.n_views} global + {2 * self._swav_n_local} local candidate views, "
+                    f"{'all' if self.exact else min(self.cap, self.space.size)} of {self.space.size} combinations")
+        else:
+            what = (f"{self.n_views} candidate views, {self.selector.pairs.shape[0]} pairs"
+                    + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
+                    + (", ordered (crop 1, crop 2)" if ordered else ""))
+        proxy = " (labelled invariance PROXY: no per-sample loss exists)" if self.algorithm in PROXY else ""
+        runner.logger.info(f"HardViewSelectionHook: {self.algorithm}, {what}{proxy}")
 
     def _check_pipeline(self, runner) -> Optional[list[list[int]]]:
         loader = getattr(runner.train_loop, "dataloader", None)

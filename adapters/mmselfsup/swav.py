@@ -11,12 +11,13 @@ What "exact" means (the Sinkhorn codes and the host's BatchNorm couple the sampl
 - two views (``num_crops=[2]``): every candidate pair gets one joint forward of its two views,
   as the algorithm's ``loss()`` forwards its two crops as one batch, so ``pair_losses[p].mean()``
   equals ``loss()`` on pair p when every sample of the batch is on pair p;
-- multi-crop (``num_crops=[2, n]``, 2 candidates per crop): all global candidates are forwarded
-  as one batch and all local candidates as another (the host's per-resolution forward), and the
-  codes of each global candidate come from Sinkhorn over its batch. With train-mode BatchNorm the
-  normalisation statistics then come from all candidates instead of the chosen crops, so the
-  scores approximate ``loss()``; with per-sample normalisation (no BatchNorm in train mode) a
-  combination's mean equals ``loss()`` on it when every sample is on it.
+- multi-crop (``num_crops=[2, n]``, 2 candidates per crop, 4 global candidates): two forwards
+  of the host's own batch layout, globals (0, 1) with locals 0..n-1 and globals (2, 3) with locals
+  n..2n-1 (per resolution one backbone batch, the neck over all), codes of each global candidate
+  from Sinkhorn over its batch. These two combinations are exact when every sample is on them;
+  every other combination mixes BatchNorm statistics of the two forwards, so its score
+  approximates ``loss()`` (exact as well where normalisation is per sample, e.g. BatchNorm in eval
+  mode). Other candidate counts: one forward of all global and one of all local candidates.
 """
 from __future__ import annotations
 
@@ -129,9 +130,21 @@ def swav_multicrop_ce(
     sc = SwAVScorer(model)
     g = [resize_views(v, selector.resolution_scale) for v in glob]
     lo = [resize_views(v, selector.resolution_scale) for v in loc]
-    m = g[0].shape[0]
+    m, n_local = g[0].shape[0], len(lo) // 2
+    parts = len(g) // 2
+    if len(g) % 2 == 0 and n_local and len(lo) == parts * n_local:
+        # batches of the host's own size: forward k holds globals (2k, 2k+1) and locals
+        # k·n..(k+1)·n, as loss() forwards one combination (that combination is then exact)
+        groups = [(g[2 * k: 2 * k + 2], lo[k * n_local:(k + 1) * n_local]) for k in range(parts)]
+    else:  # all global candidates as one batch, all local ones as another
+        groups = [(g, lo)]
+    logits_g, logits_l = [], []
     with selector._autocast(g[0].device):
-        emb = sc.embed([torch.cat(g)] + ([torch.cat(lo)] if lo else [])).float()
-    logits = sc.logits(emb).reshape(len(g) + len(lo), m, -1)  # [G+L, M, K]
+        for gs, ls in groups:
+            emb = sc.embed([torch.cat(gs)] + ([torch.cat(ls)] if ls else [])).float()
+            out = sc.logits(emb).reshape(len(gs) + len(ls), m, -1)
+            logits_g.append(out[: len(gs)])
+            logits_l.append(out[len(gs):])
+    logits = torch.cat(logits_g + logits_l)  # [G+L, M, K]: globals in order, then locals in order
     codes = swav_codes(logits[: len(g)], sc.sinkhorn(m), sc.queue_scores())
     return swav_cross_entropy(codes, logits, sc.temperature)
