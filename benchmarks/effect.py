@@ -42,6 +42,7 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "static_flip": (["--static-flip"], "HVS static colour and flip (candidates differ by crop only)"),
     "simsiam": (["--method", "simsiam"], "SimSiam"),
     "shapes": (["--data", "shapes"], "embedded shapes instead of photos"),
+    "shapes_muted": (["--data", "shapes-muted"], "embedded shapes, muted colours"),
     "mild": (["--aug", "mild"], "milder colour and crop"),
     "strong": (["--aug", "strong"], "stronger colour and crop"),
     "legacy": (["--aug", "legacy"], "the old demo's colour (hue 0.5, gray 50%)"),
@@ -219,14 +220,21 @@ class Study:
 
 
 def choose_default(cells: dict[str, dict]) -> Optional[str]:
-    """The issue's bars in order: (a) stable baseline and (b) visible mechanism must hold; among
-    those, cells meeting (c) first, then the largest HVS - baseline difference. Only cells the
-    demo can run at its budget (24 epochs) are eligible."""
-    ok = [c for c, s in cells.items() if s["bars"]["a_stable_baseline"] and s["bars"]["b_mechanism"] and s["epochs"] <= 24]
-    if not ok:
+    """The issue's bars in order: cells meeting (a) stable baseline and (b) visible mechanism;
+    among those, cells meeting (c) first, then the largest HVS - baseline difference. If no cell
+    meets (a) and (b), the closest one: (a) first, then (b), then the highest lowest-IoU fraction
+    (the entry's ``bars`` say what it misses). Only cells the demo can run at its budget (24
+    epochs) are eligible."""
+    eligible = [c for c, s in cells.items() if s["epochs"] <= 24]
+    if not eligible:
         return None
-    gap = lambda c: statistics.mean(cells[c]["knn_hvs"]) - statistics.mean(cells[c]["knn_baseline"])  # noqa: E731
-    return max(ok, key=lambda c: (cells[c]["bars"]["c_hvs_ge_baseline"], gap(c)))
+    mean = statistics.mean
+    ok = [c for c in eligible if cells[c]["bars"]["a_stable_baseline"] and cells[c]["bars"]["b_mechanism"]]
+    if ok:
+        gap = lambda c: mean(cells[c]["knn_hvs"]) - mean(cells[c]["knn_baseline"])  # noqa: E731
+        return max(ok, key=lambda c: (cells[c]["bars"]["c_hvs_ge_baseline"], gap(c)))
+    return max(eligible, key=lambda c: (cells[c]["bars"]["a_stable_baseline"], cells[c]["bars"]["b_mechanism"],
+                                        mean(cells[c]["lowest_iou_fraction"])))
 
 
 def _fmt(xs: Optional[list[float]]) -> str:
@@ -323,20 +331,22 @@ def main(argv=None) -> dict:
         study.run()
     cells = {c: s for c in a.cells if (s := study.summary(c)) is not None}
     default = choose_default(cells)
-    result: dict[str, Any] = {"seeds": a.seeds, "threads": a.threads, "cells": cells, "default_cell": default,
-                              "wall_s_this_call": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
+    # one entry per cell, "default" (the chosen cell's figures) and "_meta"
+    result: dict[str, Any] = dict(cells)
+    result["_meta"] = {"seeds": a.seeds, "threads": a.threads, "default_cell": default, "cells": list(cells),
+                       "wall_s_this_call": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
     if default:
-        result["default"] = {k: cells[default][k] for k in (
+        result["default"] = {"cell": default} | {k: cells[default][k] for k in (
             "flags", "epochs", "seeds", "knn_baseline", "knn_hvs", "knn_baseline_compute_matched",
             "compute_matched_epochs", "compute_ratio", "lowest_iou_fraction", "mean_iou_selected", "mean_iou_random", "bars")}
     if cells:
         try:
-            result["figures"] = figures(cells, default, out)
+            result["_meta"]["figures"] = figures(cells, default, out)
         except ImportError:
             pass
     (out / "effect.json").write_text(json.dumps(result, indent=1))
     print(tables(cells, default))
-    print(f"default cell: {default}; figures: {result.get('figures')}")
+    print(f"default cell: {default}; figures: {result['_meta'].get('figures')}")
     return result
 
 

@@ -27,21 +27,22 @@ def effect():
 def test_tiny_study_writes_cells_and_caches_runs(effect, tmp_path):
     out = effect.main(["--tiny", "--seeds", "0", "1", "--cells", "base", "plain", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "effect.json").read_text())
-    assert set(data["cells"]) == {"base", "plain"}
-    for cell in data["cells"].values():
+    assert set(data) == {"base", "plain", "_meta"} | ({"default"} if data["_meta"]["default_cell"] else set())
+    cells = {c: data[c] for c in data["_meta"]["cells"]}
+    for cell in cells.values():
         assert len(cell["knn_baseline"]) == len(cell["knn_hvs"]) == len(cell["knn_baseline_compute_matched"]) == 2
         assert cell["compute_matched_epochs"] >= cell["epochs"]  # HVS costs more than the host step
         assert 0 <= min(cell["lowest_iou_fraction"]) <= max(cell["lowest_iou_fraction"]) <= 1
         assert set(cell["bars"]) >= {"a_stable_baseline", "b_mechanism", "c_hvs_ge_baseline"}
     # the two cells differ only in an HVS flag: they share the baseline runs (one cache file per run)
-    assert data["cells"]["base"]["knn_baseline"] == data["cells"]["plain"]["knn_baseline"]
+    assert cells["base"]["knn_baseline"] == cells["plain"]["knn_baseline"]
     runs = list((tmp_path / "effect_runs").glob("*.json"))
-    n_matched = len({data["cells"][c]["compute_matched_epochs"] for c in data["cells"]})
+    n_matched = len({cells[c]["compute_matched_epochs"] for c in cells})
     assert len(runs) == 2 * (1 + 2 + n_matched)  # per seed: 1 baseline, 2 HVS variants, matched baselines
     assert (tmp_path / "effect_grid.png").is_file()
     # a second call reuses the cache: same numbers without training
     again = effect.main(["--tiny", "--seeds", "0", "1", "--cells", "base", "plain", "--out", str(tmp_path), "--report-only"])
-    assert again["cells"]["base"]["knn_hvs"] == out["cells"]["base"]["knn_hvs"]
+    assert again["base"]["knn_hvs"] == out["base"]["knn_hvs"]
 
 
 def test_same_seed_same_numbers(effect):
@@ -54,7 +55,7 @@ def test_same_seed_same_numbers(effect):
 def _cell(knn_b, knn_h, lowest, sel, rnd, epochs=24):
     import statistics
 
-    return {"knn_baseline": knn_b, "knn_hvs": knn_h, "epochs": epochs, "bars": {
+    return {"knn_baseline": knn_b, "knn_hvs": knn_h, "epochs": epochs, "lowest_iou_fraction": lowest, "bars": {
         "a_stable_baseline": statistics.stdev(knn_b) <= 0.02,
         "b_mechanism": statistics.mean(lowest) >= 0.35 and sel <= rnd - 0.03,
         "c_hvs_ge_baseline": statistics.mean(knn_h) >= statistics.mean(knn_b)}}
@@ -72,4 +73,6 @@ def test_default_follows_the_bars_in_order(effect):
     del cells["hvs_ahead"]
     assert effect.choose_default(cells) == "hvs_behind"  # (c) missed: still the best cell meeting (a), (b)
     del cells["hvs_behind"]
-    assert effect.choose_default(cells) is None
+    # nothing meets (a) and (b): the closest cell (stable baseline first), its bars say what it misses
+    assert effect.choose_default(cells) == "no_mechanism"
+    assert effect.choose_default({"too_long": cells["too_long"]}) is None

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hard View Selection demo: a lightly method, baseline vs HVS, same seed and budget.",
     )
     p.add_argument("--data", default="photos",
-                   help="'shapes' (embedded), 'photos' (patches of scikit-image's sample photos) or a folder of "
+                   help="'shapes' / 'shapes-muted' (embedded; muted: gray levels with a faint tint), 'photos' "
+                        "(patches of scikit-image's sample photos) or a folder of "
                         "images (one subfolder per class for kNN, or flat)")
     p.add_argument("--method", default="simclr", choices=METHODS)
     p.add_argument("--aug", default="standard", choices=list(AUGMENTATIONS),
@@ -97,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_data(args: argparse.Namespace) -> tuple[dict, str]:
     """``({"train", "y_train", "test", "y_test"}, description)`` for ``args.data``."""
-    if args.data in ("shapes", "photos"):
+    if args.data in ("shapes", "shapes-muted", "photos"):
         data = make_data(args.data, args.n_images, args.n_test, args.image_size, args.n_bank)
-        what = "embedded shapes" if args.data == "shapes" else "patches of 10 scikit-image photos"
+        what = {"shapes": "embedded shapes", "shapes-muted": "embedded shapes (muted colours)",
+                "photos": "patches of 10 scikit-image photos"}[args.data]
         return data, (f"{what} (10 classes, {len(data['train'])} train / {len(data['test'])} test, "
                       f"kNN memory {len(data['bank'])}, {args.image_size}px)")
     images, labels, names = load_folder(args.data, args.image_size, args.n_images)

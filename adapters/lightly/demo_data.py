@@ -53,31 +53,39 @@ def _shape_mask(cls: int, s: int, rng: np.random.Generator) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _colour(rng: np.random.Generator, muted: bool) -> np.ndarray:
+    """A random RGB colour; ``muted``: a gray level with a faint tint (colour jitter scrambles it)."""
+    if muted:
+        return np.clip(rng.uniform(0, 1) + rng.uniform(-0.06, 0.06, 3), 0, 1)
+    return rng.uniform(0, 1, 3)
+
+
+def make_shapes(n: int, size: int = 32, seed: int = 0, muted: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images ``[n, size, size, 3]`` uint8 and labels ``[n]`` (balanced 10 classes).
 
     The class is the object's shape or texture; everything else is nuisance: random foreground
     colour (only its luminance differs from the background's, so the shape survives grayscale),
     position and scale, a two-colour gradient background in a random direction, small clutter
     rectangles and pixel noise. Raw pixels are dominated by the colours (kNN far below a feature
-    that is invariant to colour and position)."""
+    that is invariant to colour and position). ``muted``: every colour is a gray level with a
+    faint tint, so that colour is no shortcut for an SSL method with standard colour jitter."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     for i, cls in enumerate(labels):
-        b1, b2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        b1, b2 = _colour(rng, muted), _colour(rng, muted)
         a = rng.uniform(0, 2 * np.pi)
         t = np.clip(0.5 + np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5), 0, 1)[..., None]
         img = b1 * (1 - t) + b2 * t
         for _ in range(rng.integers(1, 4)):  # clutter
             y0, x0 = rng.integers(0, size, 2)
             h, w = rng.integers(1, max(2, size // 6), 2)
-            img[y0:y0 + h, x0:x0 + w] = rng.uniform(0, 1, 3)
+            img[y0:y0 + h, x0:x0 + w] = _colour(rng, muted)
         bg_lum = _luminance(img.reshape(-1, 3).mean(0))
         for _ in range(20):  # a foreground colour with some luminance contrast
-            fg = rng.uniform(0, 1, 3)
+            fg = _colour(rng, muted)
             if abs(_luminance(fg) - bg_lum) > 0.3:
                 break
         m = _shape_mask(int(cls), size, rng)[..., None]
@@ -132,13 +140,13 @@ def make_data(name: str, n_train: int, n_test: int, size: int, n_bank: int = 0) 
     the same distribution up to ``n_bank`` (a larger memory and test set make the kNN accuracy a
     less noisy read-out of the features)."""
     n_bank = max(n_bank, n_train)
-    if name == "shapes":
-        images, labels = make_shapes(n_bank + n_test, size, seed=12345)
+    if name in ("shapes", "shapes-muted"):
+        images, labels = make_shapes(n_bank + n_test, size, seed=12345, muted=name == "shapes-muted")
         bank, y_bank, test, y_test = images[:n_bank], labels[:n_bank], images[n_bank:], labels[n_bank:]
     elif name == "photos":
         bank, y_bank, test, y_test = make_photo_patches(n_bank, n_test, size, seed=12345)
     else:
-        raise ValueError(f"unknown data set {name!r}: 'shapes' or 'photos' (or --data FOLDER)")
+        raise ValueError(f"unknown data set {name!r}: 'shapes', 'shapes-muted' or 'photos' (or --data FOLDER)")
     return {"train": bank[:n_train], "y_train": y_bank[:n_train], "bank": bank, "y_bank": y_bank,
             "test": test, "y_test": y_test}
 
