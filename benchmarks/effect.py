@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# cell name -> (demo flags on top of the base cell, what changes); the base cell is the demo's default
+# the base cell, spelled out (independent of the demo's defaults, which follow the study's choice)
+BASE_FLAGS = ["--data", "photos", "--method", "simclr", "--aug", "standard", "--static-colour"]
+SIZE_FLAGS = ["--epochs", "24", "--n-images", "1280", "--n-test", "4000", "--n-bank", "4000"]  # not with --tiny
+# cell name -> (demo flags on top of the base cell, what changes)
 CELLS: dict[str, tuple[list[str], str]] = {
     "base": ([], "SimCLR, standard aug., 24 ep., photos, HVS static colour"),
     "plain": (["--no-static-colour"], "HVS without static colour"),
@@ -43,6 +46,9 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "simsiam": (["--method", "simsiam"], "SimSiam"),
     "shapes": (["--data", "shapes"], "embedded shapes instead of photos"),
     "shapes_muted": (["--data", "shapes-muted"], "embedded shapes, muted colours"),
+    "shapes_muted_plain": (["--data", "shapes-muted", "--no-static-colour"], "shapes, muted colours, HVS without static colour"),
+    "muted_b32": (["--data", "shapes-muted", "--batch-size", "32"], "shapes, muted colours, batch 32 (2x the steps)"),
+    "muted_lr1": (["--data", "shapes-muted", "--lr", "1.0"], "shapes, muted colours, learning rate x2"),
     "mild": (["--aug", "mild"], "milder colour and crop"),
     "strong": (["--aug", "strong"], "stronger colour and crop"),
     "legacy": (["--aug", "legacy"], "the old demo's colour (hue 0.5, gray 50%)"),
@@ -111,10 +117,13 @@ class Study:
         self.a = a
         self.cache = Path(a.out) / "effect_runs"
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.base_argv = ["--tiny"] if a.tiny else []
 
     def argv(self, cell: str, seed: int) -> list[str]:
-        return self.base_argv + CELLS[cell][0] + ["--seed", str(seed)]
+        return self.base_argv + BASE_FLAGS + CELLS[cell][0] + ["--seed", str(seed)]
+
+    @property
+    def base_argv(self) -> list[str]:
+        return ["--tiny"] if self.a.tiny else SIZE_FLAGS
 
     def path(self, cell: str, seed: int, arm: str, epochs: Optional[int] = None) -> Path:
         args = _parse(self.argv(cell, seed))
@@ -298,16 +307,18 @@ def figures(cells: dict[str, dict], default: Optional[str], out: Path) -> list[s
     paths.append(out / "effect_grid.png")
     if default:
         s = cells[default]
+        # the same setting without static colour, where the grid has it
+        plain = next((c for c in cells if sorted(cells[c]["flags"]) == sorted(s["flags"] + ["--no-static-colour"])), None)
         series = {"baseline": s["history_baseline"], "HVS": s["history_hvs"]}
-        if "plain" in cells and default != "plain":
-            series["HVS without static colour"] = cells["plain"]["history_hvs"]
+        if plain:
+            series["HVS without static colour"] = cells[plain]["history_hvs"]
         paths.append(plot_training_curves(series, out / "effect_training.png", s["random_lowest_iou_fraction"],
                                           title=f"effect study, cell '{default}' (mean ± std over seeds {s['seeds']})"))
         centers = (BINS[:-1] + BINS[1:]) / 2
         hists = {"HVS selected pair": np.repeat(centers, s["hist_selected"]),
                  "random pair": np.repeat(centers, s["hist_random"])}
-        if "plain" in cells and default != "plain":
-            hists["HVS selected, no static colour"] = np.repeat(centers, cells["plain"]["hist_selected"])
+        if plain:
+            hists["HVS selected, no static colour"] = np.repeat(centers, cells[plain]["hist_selected"])
         paths.append(plot_iou_histograms(hists, out / "iou_histogram.png",
                                          title=f"IoU of training pairs (cell '{default}', all seeds)"))
     return [str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p) for p in paths]

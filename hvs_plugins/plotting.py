@@ -95,17 +95,18 @@ def plot_training_curves(
               ("mean_trained_iou", "mean IoU of trained pairs")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, label) in zip(axes, panels):
-        for name, runs in series.items():
+        for i, (name, runs) in enumerate(series.items()):
             runs = [r for r in runs if r]
             if not runs:
                 continue
             epochs, mean, std = _band(runs, key)
             if not epochs:
                 continue
-            line = ax.plot(epochs, mean, marker="o" if len(epochs) < 12 else None, ms=3, label=name)[0]
+            colour = f"C{i}"  # a series keeps its colour in every panel
+            ax.plot(epochs, mean, marker="o" if len(epochs) < 12 else None, ms=3, label=name, color=colour)
             if len(runs) > 1:
                 ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=line.get_color(), alpha=0.2)
+                                color=colour, alpha=0.2)
         if key == "lowest_iou_fraction":
             ax.axhline(random_fraction, ls=":", color="gray", label="random pair")
         ax.set_xlabel("epoch")
