@@ -78,22 +78,15 @@ def search_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def effect_table(effect: dict) -> str:
-    f = lambda d: f"{d['mean']:.1%} ± {d['std']:.1%}"  # noqa: E731
-    g = lambda d: f"{d['mean']:.3f} ± {d['std']:.3f}"  # noqa: E731
-    rows = ["| metric | baseline (random pair) | HVS (N=4) |", "|---|---|---|",
-            f"| kNN accuracy (k=20), seeds {effect['seeds']} | {f(effect['knn_baseline'])} | {f(effect['knn_hvs'])} |",
-            f"| lowest-IoU fraction | {effect['random_lowest_iou_fraction']:.1%} (1/6, by construction) | {f(effect['lowest_iou_fraction'])} |",
-            f"| mean IoU of the trained pair | {g(effect['mean_random_iou'])} | {g(effect['mean_selected_iou'])} |"]
-    per = ["", "| seed | kNN baseline | kNN HVS | lowest-IoU fraction | hardness gap |", "|---|---|---|---|---|"]
-    for r in effect["runs"]:
-        per.append(f"| {r['seed']} | {r['knn_baseline']:.1%} | {r['knn_hvs']:.1%} | {r['lowest_iou_fraction']:.1%} | {r['hardness_gap']:.3f} |")
-    h = effect["iou_histogram"]
-    hist = ["", "| IoU bin | " + " | ".join(f"{h['edges'][i]:.2f}" for i in range(0, 20, 2)) + " |",
-            "|---|" + "---|" * 10,
-            "| selected (density) | " + " | ".join(f"{(h['selected'][i] + h['selected'][i + 1]) / 2:.2f}" for i in range(0, 20, 2)) + " |",
-            "| random (density) | " + " | ".join(f"{(h['random'][i] + h['random'][i + 1]) / 2:.2f}" for i in range(0, 20, 2)) + " |"]
-    return "\n".join(rows + per + hist)
+def effect_tables(effect: dict) -> str:
+    """The effect study's tables (the same as ``benchmarks/effect.py --report-only`` prints)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hvs_effect", ROOT / "benchmarks" / "effect.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    meta = effect["_meta"]
+    return mod.tables({c: effect[c] for c in meta["cells"]}, meta["default_cell"])
 
 
 def main(argv=None) -> None:
@@ -117,7 +110,7 @@ def main(argv=None) -> None:
         print()
     effect = path.parent / "effect.json"
     if effect.is_file() and not argv:
-        print(f"#### Effect (demo data)\n\n{effect_table(json.loads(effect.read_text()))}\n")
+        print(f"#### Effect study\n\n{effect_tables(json.loads(effect.read_text()))}\n")
 
 
 if __name__ == "__main__":
