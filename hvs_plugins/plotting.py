@@ -18,6 +18,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Union[str, Path]) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_candidates(
     images: torch.Tensor, chosen: torch.Tensor, path: Union[str, Path], title: str = "HVS: selected pair (red)"
 ) -> Path:
@@ -39,12 +48,7 @@ def plot_candidates(
                 spine.set_edgecolor("red" if picked else "lightgray")
                 spine.set_linewidth(4 if picked else 1)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_iou_histograms(
@@ -59,12 +63,7 @@ def plot_iou_histograms(
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _band(runs: Sequence[Sequence[dict]], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -116,9 +115,4 @@ def plot_training_curves(
     axes[1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
