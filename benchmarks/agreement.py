@@ -73,6 +73,8 @@ def main(argv=None) -> dict:
     p.add_argument("--part", choices=["all", "settings", "layers"], default="all")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "agreement.json"))
     p.add_argument("--tiny", action="store_true", help="layers part in seconds (tests): batch 8, 1 rep")
+    for name, default in (("size", 32), ("batch", 32), ("n-batches", 4), ("train-steps", 10), ("reps", 3)):
+        p.add_argument(f"--{name}", type=int, default=default, help=f"layers part (default {default})")
     a, rest = p.parse_known_args(argv)
     path = Path(a.out)
     out = json.loads(path.read_text()) if path.is_file() else {}
@@ -81,7 +83,8 @@ def main(argv=None) -> dict:
     if a.part in ("all", "layers"):
         import agreement_layers
 
-        kw = dict(batch=8, n_batches=1, train_steps=1, reps=1, size=16) if a.tiny else {}
+        kw = dict(batch=8, n_batches=1, train_steps=1, reps=1, size=16) if a.tiny else dict(
+            batch=a.batch, n_batches=a.n_batches, train_steps=a.train_steps, reps=a.reps, size=a.size)
         out["score_layer"] = agreement_layers.main(**kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

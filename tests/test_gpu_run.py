@@ -43,12 +43,13 @@ def test_run_refuses_without_cuda_unless_dry_run(tmp_path):
 
 
 def test_run_dry_run_on_cpu(tmp_path):
-    proc = subprocess.run([sys.executable, str(GPU / "run.py"), "--dry-run", "--out", str(tmp_path), "--budget", "200"],
-                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    proc = subprocess.run([sys.executable, str(GPU / "run.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500"],
+                          capture_output=True, text=True, timeout=1800, cwd=str(ROOT))  # ~40 s idle; a loaded box is slower
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert {"install", "imports", "tests", "bench smoke"} <= set(steps) and all(s["status"] == "ok" for s in steps.values())
+    assert {"imports", "tests", "bench smoke"} <= set(steps) and all(s["status"] == "ok" for s in steps.values())
+    assert ("install" in steps) == any((GPU / "wheels").glob("*.whl"))  # installs the prepared wheels
     versions = next(s for s in summary["steps"] if s["step"] == "imports")["versions"]
     assert not any(v.startswith("ERROR") for v in versions.values()), versions
     assert "hvs-site-" in versions["hvs_plugins"]  # the installed copy, not the checkout
