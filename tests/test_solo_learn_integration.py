@@ -272,8 +272,8 @@ def test_proxy_methods_need_the_flag_and_select_with_the_proxy():
 
 def test_unsupported_method_is_a_clear_error():
     cfg = OmegaConf.create(base_cfg("simsiam", {"n_views": 4}))
-    cfg.method = "swav"
-    with pytest.raises(ValueError, match="does not support solo-learn method 'swav'"):
+    cfg.method = "all4one"
+    with pytest.raises(ValueError, match="does not support solo-learn method 'all4one'"):
         hvs_parse_cfg(parse_cfg)(cfg)
 
 
