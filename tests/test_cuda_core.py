@@ -158,9 +158,8 @@ def test_exact_dino_search_on_device_equals_brute_force(device, pairing):
     assert torch.equal(capped_dev.locals_.cpu(), capped_cpu.locals_)
 
 
+@pytest.mark.cuda_only  # host-device synchronisation exists on CUDA only (sync debug mode)
 def test_select_does_not_synchronise(device, no_sync):
-    if device.type != "cuda":
-        pytest.skip("host-device synchronisation exists on CUDA only (sync debug mode)")
     model, views = _model(device), _views(device)
     selector = HardViewSelector(4, resolution_scale=0.5, autocast_dtype=torch.bfloat16)
     selector.select(model, views, _loss, [model])  # warm-up: lazy CUDA/cuDNN initialisation

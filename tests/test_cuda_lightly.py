@@ -225,9 +225,8 @@ def test_stats_off_defers_fallback_warnings(device):
 
 
 @pytest.mark.parametrize("method", ["simsiam", "byol", "simclr", "moco", "dino", "dino capped"])
+@pytest.mark.cuda_only  # host-device synchronisation exists on CUDA only (sync debug mode)
 def test_select_does_not_synchronise(device, no_sync, method):
-    if device.type != "cuda":
-        pytest.skip("host-device synchronisation exists on CUDA only (sync debug mode)")
     if method.startswith("dino"):
         torch.manual_seed(0)
         model = DINO().to(device).train()
