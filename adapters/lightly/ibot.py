@@ -33,6 +33,15 @@ from hvs_plugins import (
 from hvs_plugins.runner import chunk_bounds
 
 
+def dino_teacher_temp(dino_loss: nn.Module, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
+    """The teacher temperature a lightly ``DINOLoss`` uses for ``epoch`` (or the one passed)."""
+    if teacher_temp is not None:
+        return float(teacher_temp)
+    if epoch is not None and epoch < dino_loss.warmup_teacher_temp_epochs:
+        return float(dino_loss.teacher_temp_schedule[epoch])
+    return float(dino_loss.teacher_temp)
+
+
 class IBOTLoss(nn.Module):
     """iBOT's training loss from lightly's parts: ``cls_weight · dino_loss(teacher_cls,
     student_cls) + patch_weight · patch_loss(teacher_patch, student_patch, mask)``.
@@ -78,12 +87,7 @@ class IBOTLoss(nn.Module):
         return self.cls_weight * cls + self.patch_weight * patch
 
     def cls_teacher_temp(self, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
-        d = self.dino_loss
-        if teacher_temp is not None:
-            return float(teacher_temp)
-        if epoch is not None and epoch < d.warmup_teacher_temp_epochs:
-            return float(d.teacher_temp_schedule[epoch])
-        return float(d.teacher_temp)
+        return dino_teacher_temp(self.dino_loss, epoch, teacher_temp)
 
     def patch_teacher_temp(self, teacher_temp: Optional[float]) -> float:
         return float(teacher_temp if teacher_temp is not None else self.patch_loss.teacher_temp)
@@ -178,11 +182,5 @@ class IBOTMethod:
                 c.cls_teacher_temp(epoch, teacher_temp), float(c.dino_loss.student_temp),
             )  # [G, G+L, M]
             ce = ibot_combination_ce(cls_ce, torch.stack(patch), space.n_terms, c.cls_weight, c.patch_weight)
-        choice = space.exact_search(ce, sel.generator) if hvs.exact else space.search(ce, hvs.cap, sel.generator)
-        hvs._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
-        hvs.last_selection = choice
-        hvs.last_stats = None
-        out = gather_views(glob, choice.globals_)
-        if n_local:
-            out += gather_views(loc, choice.locals_)
+        choice, out = hvs._choose_combination(space, ce, glob, loc)
         return out, gather_views(masks, choice.globals_)

@@ -34,6 +34,7 @@ from hvs_plugins.deferred import DeferredFallbackWarnings
 from hvs_plugins.devices import to_device
 
 from .layer_score import check_score_layer, layer_pair_losses
+from .ibot import dino_teacher_temp
 from .methods import METHOD_NAMES, multicrop_method
 from .target_reuse import check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs
 
@@ -504,12 +505,20 @@ class HVSLoss(nn.Module):
             )
 
     def _teacher_temp(self, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
-        c = self.criterion
-        if teacher_temp is not None:
-            return float(teacher_temp)
-        if epoch is not None and epoch < c.warmup_teacher_temp_epochs:
-            return float(c.teacher_temp_schedule[epoch])
-        return float(c.teacher_temp)
+        return dino_teacher_temp(self.criterion, epoch, teacher_temp)
+
+    def _choose_combination(self, space: CombinationSpace, ce: torch.Tensor, glob: list, loc: list) -> tuple[Any, list]:
+        """Multi-crop (DINO, SwAV, iBOT): the argmax combination of ``ce [G, V, M]`` (capped or
+        exact search), recorded as ``last_selection``, and the chosen views ``[g_a, g_b, l_1, ...]``."""
+        sel = self.selector
+        choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
+        self._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
+        self.last_selection = choice
+        self.last_stats = None
+        out = gather_views(glob, choice.globals_)
+        if len(loc):
+            out += gather_views(loc, choice.locals_)
+        return choice, out
 
     def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes, active=True, want_teacher=False):
         g = self.n_global_candidates
@@ -538,13 +547,7 @@ class HVSLoss(nn.Module):
             ce = dino_cross_entropy(
                 t_out, s_out, self.criterion.center, self._teacher_temp(epoch, teacher_temp), float(self.criterion.student_temp)
             )
-        choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
-        self._warn(choice.fallback, "combination loss")
-        self.last_selection = choice
-        self.last_stats = None
-        out = gather_views(glob, choice.globals_)
-        if n_local:
-            out += gather_views(loc, choice.locals_)
+        choice, out = self._choose_combination(space, ce, glob, loc)
         if want_teacher:  # t_out: [G, M, D]; choice.globals_: [M, 2] candidate index per slot
             g = choice.globals_.to(t_out.device)
             m = torch.arange(g.shape[0], device=t_out.device)

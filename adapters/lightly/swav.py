@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from hvs_plugins import CombinationSpace, gather_views, swav_codes, swav_cross_entropy
+from hvs_plugins import CombinationSpace, swav_codes, swav_cross_entropy
 
 
 class SwaVMethod:
@@ -92,11 +92,4 @@ class SwaVMethod:
             every = torch.cat([scores, sel.forward_views(model, loc)[0]]) if loc else scores  # [G+L, M, K]
             codes = swav_codes(scores, self.sinkhorn(), queue)  # slot of candidate g: g % 2 (cross layout)
             ce = swav_cross_entropy(codes, every, float(self.criterion.temperature))  # [G, G+L, M]
-        choice = space.exact_search(ce, sel.generator) if hvs.exact else space.search(ce, hvs.cap, sel.generator)
-        hvs._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
-        hvs.last_selection = choice
-        hvs.last_stats = None
-        out = gather_views(glob, choice.globals_)
-        if n_local:
-            out += gather_views(loc, choice.locals_)
-        return out
+        return hvs._choose_combination(space, ce, glob, loc)[1]
