@@ -36,7 +36,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # the base cell, spelled out (independent of the demo's defaults, which follow the study's choice)
-BASE_FLAGS = ["--data", "photos", "--method", "simclr", "--aug", "standard", "--static-colour"]
+BASE_FLAGS = ["--data", "photos", "--method", "simclr", "--aug", "standard", "--static-colour", "--eager-colour",
+              "--lr-floor", "0", "--eval-every", "4", "--workers", "0"]
+# the second grid's base: muted shapes, cosine to 35% of the learning rate, training colour drawn
+# after the selection (StaticColourViews(deferred=True)) (the demo's defaults)
+MUTED = ["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour", "--workers", "0"]
 SIZE_FLAGS = ["--epochs", "24", "--n-images", "1280", "--n-test", "4000", "--n-bank", "4000"]  # not with --tiny
 # cell name -> (demo flags on top of the base cell, what changes)
 CELLS: dict[str, tuple[list[str], str]] = {
@@ -49,6 +53,18 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "shapes_muted_plain": (["--data", "shapes-muted", "--no-static-colour"], "shapes, muted colours, HVS without static colour"),
     "muted_b32": (["--data", "shapes-muted", "--batch-size", "32"], "shapes, muted colours, batch 32 (2x the steps)"),
     "muted_lr1": (["--data", "shapes-muted", "--lr", "1.0"], "shapes, muted colours, learning rate x2"),
+    # pilots (baselines only): 24 epochs with the learning-rate floor; 16 px
+    "muted_floor24": (["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour"], "shapes, muted colours, cosine to 35% of the learning rate"),
+    "muted16": (["--data", "shapes-muted", "--image-size", "16", "--no-eager-colour"], "shapes, muted colours, 16 px"),
+    "muted16_32": (["--data", "shapes-muted", "--image-size", "16", "--epochs", "32", "--no-eager-colour"], "shapes, muted colours, 16 px, 32 epochs"),
+    "muted20": (["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour", "--epochs", "20", "--eval-every", "5"],
+                "shapes, muted colours, lr floor 35%, 20 epochs"),
+    # the second grid, around MUTED
+    "muted": (MUTED, "muted shapes, lr floor 35%, colour after selection"),
+    "muted_plain": (MUTED + ["--no-static-colour"], "muted base, HVS without static colour"),
+    "muted_res50": (MUTED + ["--resolution-scale", "0.5"], "muted base, selection at 50% resolution"),
+    "muted_simsiam": (MUTED + ["--method", "simsiam"], "muted base, SimSiam"),
+    "muted_4x": (MUTED + ["--epochs", "96", "--eval-every", "12"], "muted base, 4x budget (96 epochs)"),
     "mild": (["--aug", "mild"], "milder colour and crop"),
     "strong": (["--aug", "strong"], "stronger colour and crop"),
     "legacy": (["--aug", "legacy"], "the old demo's colour (hue 0.5, gray 50%)"),
@@ -58,10 +74,10 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "4x": (["--epochs", "96", "--eval-every", "8"], "4x budget (96 epochs)"),
     "start12": (["--hvs-start-epoch", "12"], "HVS from epoch 12 of 24"),
 }
-HVS_ONLY = {"static_colour", "static_flip", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
-IGNORED = {"threads", "device", "out", "workers", "tiny"}
+HVS_ONLY = {"static_colour", "static_flip", "eager_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
+IGNORED = {"threads", "device", "out", "tiny", "parallel"}
 # flags added after runs were cached: at these values they leave the cache keys as they were
-LATER_FLAGS = {"static_flip": False}
+LATER_FLAGS = {"static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
 BINS = np.linspace(0, 1, 21)
 
 
@@ -77,7 +93,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _key(args: argparse.Namespace, arm: str, epochs: int) -> str:
     """Cache key of a run: baselines ignore the HVS-only flags, so cells share their baselines."""
     fields = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED and not (arm != "hvs" and k in HVS_ONLY)
-              and not (k in LATER_FLAGS and v == LATER_FLAGS[k])}
+              and not (k in LATER_FLAGS and v == LATER_FLAGS[k]) and not (k == "eager_colour" and not args.static_colour)}
     fields.update(arm="hvs" if arm == "hvs" else "baseline", epochs=epochs)
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -207,7 +223,7 @@ class Study:
             "compute_matched_epochs": me, "compute_ratio": self.ratio(cell),
             "compute_ratios": [r["compute_ratio"] for r in hvs],
             "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in hvs],
-            "random_lowest_iou_fraction": 1 / (4 if "byol" in cell else math.comb(_parse(self.argv(cell, 0)).n_views, 2)),
+            "random_lowest_iou_fraction": 1 / _n_pairs(_parse(self.argv(cell, 0))),
             "mean_iou_selected": statistics.mean(r["mean_selected_iou"] for r in hvs),
             "mean_iou_random": statistics.mean(r["mean_random_iou"] for r in hvs),
             "hardness_gap": [r["hardness_gap"] for r in hvs],
@@ -226,6 +242,12 @@ class Study:
         if out["knn_baseline_compute_matched"]:
             out["bars"]["hvs_ge_compute_matched"] = kh["mean"] >= _ms(out["knn_baseline_compute_matched"])["mean"]
         return out
+
+
+def _n_pairs(args: argparse.Namespace) -> int:
+    """Candidate pairs per sample: BYOL's two pipelines pair across (N/2)², the others C(N, 2)."""
+    n = args.n_views
+    return (n // 2) ** 2 if args.method == "byol" else math.comb(n, 2)
 
 
 def choose_default(cells: dict[str, dict]) -> Optional[str]:

@@ -81,3 +81,11 @@ def test_demo_tiny_hvs_on_part_of_the_steps(tmp_path):
     result = demo.main(["--tiny", "--epochs", "2", "--hvs-probability", "0.5", "--hvs-start-epoch", "1",
                         "--out", str(tmp_path), "--threads", "1"])
     assert math.isfinite(result["hardness_gap"]) and 0.0 <= result["lowest_iou_fraction"] <= 1.0
+
+
+def test_parallel_baseline_gives_the_same_numbers(tmp_path):
+    argv = ["--tiny", "--epochs", "2", "--threads", "1"]
+    par = demo.main(argv + ["--out", str(tmp_path / "p")])  # default: baseline in a second process
+    seq = demo.main(argv + ["--no-parallel", "--out", str(tmp_path / "s")])
+    assert par["knn_baseline"] == seq["knn_baseline"] and par["knn_hvs"] == seq["knn_hvs"]
+    assert par["history_baseline"] == seq["history_baseline"] and par["history_hvs"] == seq["history_hvs"]

@@ -76,3 +76,19 @@ def test_default_follows_the_bars_in_order(effect):
     # nothing meets (a) and (b): the closest cell (stable baseline first), its bars say what it misses
     assert effect.choose_default(cells) == "no_mechanism"
     assert effect.choose_default({"too_long": cells["too_long"]}) is None
+
+
+def test_committed_results_are_backed_by_the_cached_runs(effect):
+    """Every cell in results/effect.json still maps to its cached runs: flags added later to the
+    demo must leave the cache keys of earlier runs unchanged (LATER_FLAGS)."""
+    import argparse
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "effect.json").read_text())
+    meta = data["_meta"]
+    a = argparse.Namespace(out=str(ROOT / "benchmarks" / "results"), tiny=False, seeds=meta["seeds"],
+                           cells=meta["cells"], arms=["baseline", "hvs"], threads=meta["threads"], procs=1)
+    study = effect.Study(a)
+    for cell in meta["cells"]:
+        summary = study.summary(cell)
+        assert summary is not None, f"cached runs of cell {cell!r} not found"
+        assert summary["knn_hvs"] == data[cell]["knn_hvs"] and summary["knn_baseline"] == data[cell]["knn_baseline"]

@@ -103,3 +103,88 @@ def test_static_flip_shares_the_flip_during_selection_only():
     torch.manual_seed(5)
     plain_select, _, _ = StaticColourViews(SimSiamTransform(**kw), n_views=8)(img)
     assert not all(torch.equal(v, plain_select[0]) for v in plain_select)  # flips are per candidate otherwise
+
+
+def _batch(t: StaticColourViews, images: list, seed: int = 0) -> tuple:
+    torch.manual_seed(seed)
+    items = [t(im) for im in images]
+    n = len(items[0][0])
+    return ([torch.stack([it[0][c] for it in items]) for c in range(n)],
+            [torch.stack([it[1][c] for it in items]) for c in range(n)], torch.stack([it[2] for it in items]))
+
+
+def test_deferred_colours_only_the_chosen_crops_after_selection():
+    kw = dict(input_size=16, gaussian_blur=0.0)
+    images = [_image(s) for s in range(6)]
+    eager, deferred = StaticColourViews(SimSiamTransform(**kw), 4), StaticColourViews(SimSiamTransform(**kw), 4, deferred=True)
+    sel_e, _, boxes_e = _batch(eager, images)
+    sel_d, crops, boxes_d = _batch(deferred, images)
+    assert deferred.batched and not eager.batched and boxes_d.shape == boxes_e.shape == (6, 4, 4)
+    assert crops[0].dtype == torch.uint8 and crops[0].shape == (6, 3, 16, 16)
+    # without photometric ops, the chosen crops coloured after the selection are the scored views
+    plain = StaticColourViews(SimSiamTransform(cj_prob=0.0, random_gray_scale=0.0, **kw), 4, deferred=True)
+    sel_p, crops_p, _ = _batch(plain, images)
+    chosen = torch.tensor([[0, 1], [3, 2], [1, 3], [0, 2], [2, 3], [1, 0]])
+    x0, x1 = plain.colour_chosen(crops_p)(chosen)
+    for m in range(6):
+        assert torch.allclose(x0[m], sel_p[int(chosen[m, 0])][m], atol=1e-6)
+        assert torch.allclose(x1[m], sel_p[int(chosen[m, 1])][m], atol=1e-6)
+    # with colour: independent draws per training view (not the shared selection colour)
+    flat = [Image.new("RGB", (32, 32), (40, 160, 90))] * 3
+    t = StaticColourViews(SimCLRTransform(input_size=16, gaussian_blur=0.0, cj_prob=1.0, random_gray_scale=0.0), 4, deferred=True)
+    _, crops_f, _ = _batch(t, flat)
+    a, b = t.colour_chosen(crops_f)(torch.tensor([[0, 1]] * 3))
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="deferred=True"):
+        eager.colour_chosen(crops)
+
+
+def test_select_with_deferred_train_views():
+    torch.manual_seed(0)
+    model = _Tiny()
+    kw = dict(input_size=16, gaussian_blur=0.0, cj_prob=0.0, random_gray_scale=0.0)
+    t = StaticColourViews(SimSiamTransform(**kw), 4, deferred=True)
+    views, crops, boxes = _batch(t, [_image(s) for s in range(5)])
+    crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
+    x0, x1 = crit.select(views, model, boxes=boxes, train_views=t.colour_chosen(crops))
+    ref = HVSLoss(NegativeCosineSimilarity(), n_views=4).select(views, model)
+    assert torch.allclose(x0, ref[0], atol=1e-6) and torch.allclose(x1, ref[1], atol=1e-6)
+    off = HVSLoss(NegativeCosineSimilarity(), n_views=4, enabled=False)
+    a, b = off.select(views, model, train_views=t.colour_chosen(crops))
+    assert torch.allclose(a, views[0], atol=1e-6) and torch.allclose(b, views[1], atol=1e-6)
+    with pytest.raises(ValueError, match="two tensors"):
+        crit.select(views, model, train_views=lambda chosen: views[0])
+
+
+def test_batched_shared_colour_matches_the_pil_kernels():
+    from torchvision import tv_tensors
+
+    t = StaticColourViews(SimCLRTransform(input_size=16, gaussian_blur=0.0, cj_prob=1.0, cj_hue=0.2, random_gray_scale=0.0),
+                          4, deferred=True)
+    torch.manual_seed(0)
+    crops, _ = t.crops(_image(4))
+    state = torch.get_rng_state()
+    batch = t.tail(t.photometric(tv_tensors.Image(torch.stack([torch.from_numpy(np.asarray(c).copy()).permute(2, 0, 1)
+                                                                   for c in crops]))))
+    for c, crop in enumerate(crops):  # the same draw through PIL's kernels, candidate by candidate
+        torch.set_rng_state(state)
+        ref = t.tail(t.photometric(crop))
+        d = (batch[c] - ref).abs() * 0.225 * 255  # in uint8 levels
+        assert d.max() <= 8 and d.mean() <= 1.0  # the kernels round (PIL: HSV in uint8) differently
+    flat = StaticColourViews(SimCLRTransform(input_size=16, gaussian_blur=0.0, cj_prob=1.0), 4, deferred=True)
+    views, _, _ = flat(Image.new("RGB", (32, 32), (40, 160, 90)))
+    assert all(torch.equal(v, views[0]) for v in views)  # one draw for the candidates
+
+
+def test_chosen_pair_colouring_equals_the_view_by_view_pipeline():
+    t = StaticColourViews(SimCLRTransform(input_size=16, gaussian_blur=0.0), 4, deferred=True)
+    names = [type(o).__name__ for o in t.crops.transforms[0].transforms + t.photometric.transforms]
+    assert "GaussianBlur" not in names and "RandomVerticalFlip" not in names  # switched-off ops are out
+    _, crops, _ = _batch(t, [_image(s) for s in range(5)])
+    chosen = torch.tensor([[0, 1], [3, 2], [1, 3], [0, 2], [2, 3]])
+    torch.manual_seed(7)
+    x0, x1 = t.colour_chosen(crops)(chosen)
+    torch.manual_seed(7)  # the same draws, view by view through the PIL pipeline and its tail
+    ref = [[t.tail(t.photometric(Image.fromarray(crops[c][m].permute(1, 2, 0).numpy()))) for c in chosen[m].tolist()]
+           for m in range(5)]
+    assert torch.equal(x0, torch.stack([r[0] for r in ref])) and torch.equal(x1, torch.stack([r[1] for r in ref]))

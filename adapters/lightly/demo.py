@@ -4,11 +4,13 @@
     python -m hvs_plugins.adapters.lightly.demo --data ~/pictures --device cuda --epochs 50
 
 Both runs use the same seed, initial weights, data order and number of steps; the baseline trains
-on two random views, HVS on the hardest pair of ``--n-views`` candidates. The defaults are the
-cell chosen by the effect study (``benchmarks/effect.py``, BENCHMARKS.md): SimSiam with lightly's
-standard ``SimSiamTransform`` and HVS with static colour during selection (one colour draw shared
-by the candidates while scoring, independent colour for the two training views). Printed: kNN
-accuracy of both (and the study's seed spread), the HVS compute ratio, the hardness gap, the
+on two random views, HVS on the hardest pair of ``--n-views`` candidates (on CPU the baseline runs
+in a second process at the same time: same numbers). The defaults are the cell chosen by the
+effect study (``benchmarks/effect.py``, BENCHMARKS.md): SimCLR with lightly's standard
+``SimCLRTransform`` on the embedded muted-colour shapes, a cosine schedule down to 35% of the
+learning rate, and HVS with static colour during selection (one colour draw shared by the
+candidates while scoring; the two selected crops are coloured independently afterwards). Printed:
+kNN accuracy of both (and the study's seed spread), the HVS compute ratio, the hardness gap, the
 lowest-IoU fraction and the mean IoU of the trained pairs; figures go to ``--out``.
 """
 from __future__ import annotations
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hvs-demo",
         description="Hard View Selection demo: a lightly method, baseline vs HVS, same seed and budget.",
     )
-    p.add_argument("--data", default="photos",
+    p.add_argument("--data", default="shapes-muted",
                    help="'shapes' / 'shapes-muted' (embedded; muted: gray levels with a faint tint), 'photos' "
                         "(patches of scikit-image's sample photos) or a folder of "
                         "images (one subfolder per class for kNN, or flat)")
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "independently coloured views (paper Fig. 4 right); --no-static-colour: plain HVS")
     p.add_argument("--static-flip", action="store_true",
                    help="with --static-colour: the flips are shared during selection too (candidates differ by their crop only)")
+    p.add_argument("--eager-colour", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --static-colour: colour all N training crops in the loader rather than the two "
+                        "chosen ones after the selection (same distribution, other draws, slower; the study's first grid)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=64)
@@ -89,14 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kNN memory of the embedded sets: the training images and more of the same kind")
     p.add_argument("--width", type=int, default=16, help="backbone width (features = 8 x width)")
     p.add_argument("--lr", type=float, default=0.5, help="learning rate per 256 samples")
+    p.add_argument("--lr-floor", type=float, default=0.35,
+                   help="cosine schedule from the learning rate down to this fraction of it (0: to zero)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution-scale", type=float, default=1.0, help="HVS scores on copies downscaled by this factor")
     p.add_argument("--hvs-start-epoch", type=int, default=0, help="HVS from this epoch on (random pairs before)")
     p.add_argument("--hvs-probability", type=float, default=1.0, help="HVS on this fraction of steps (random pairs on the others)")
     p.add_argument("--eval-every", type=int, default=4, help="kNN accuracy every k epochs (and after the last)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader workers (numbers depend on the count; 0: the effect study's)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (numbers are reproducible for a given count; 1 = the effect study's; 0: torch's choice)")
+    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: the baseline trains in a second process while HVS trains (same numbers; 2 cores)")
     p.add_argument("--out", default="hvs_out", help="folder for the figures")
     p.add_argument("--tiny", action="store_true", help="a run of a few seconds (smoke test)")
     return p
@@ -155,8 +165,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         f", selection at {args.resolution_scale:.0%} resolution" if args.resolution_scale != 1 else "")
     print(f"HVS demo: {args.method} ({args.aug} augmentation) on {source}, {args.epochs} epochs, batch "
           f"{args.batch_size}, N={args.n_views}, HVS {variant}{mix}, device {device}")
-    base = train(args, data, hvs=False, device=device, desc="baseline")
-    hvs = train(args, data, hvs=True, device=device, desc=f"HVS N={args.n_views}")
+    if args.parallel and device.type == "cpu":  # baseline on a second core, HVS here: same numbers, half the wall
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        print("baseline runs in a second process (--no-parallel: one after the other)")
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            future = pool.submit(_baseline_summary, args, data)
+            hvs = train(args, data, hvs=True, device=device, desc=f"HVS N={args.n_views}")
+            base = future.result()
+    else:
+        base = train(args, data, hvs=False, device=device, desc="baseline")
+        hvs = train(args, data, hvs=True, device=device, desc=f"HVS N={args.n_views}")
 
     n_pairs = len(hvs["criterion"].pairs)
     result: dict[str, Any] = {
@@ -188,6 +208,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     return result
 
 
+def _baseline_summary(args: argparse.Namespace, data: dict) -> dict[str, Any]:
+    """The baseline run in a worker process: what ``main`` reads of it (no model)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = train(args, data, hvs=False, device=torch.device("cpu"), progress=False)
+    return {k: run[k] for k in ("history", "knn", "final_loss", "step_time", "wall")}
+
+
 def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pairs: int, data: dict) -> None:
     print()
     print(f"{'':28s}{'baseline':>12s}{'HVS':>12s}")
@@ -214,7 +242,7 @@ def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pair
 def _is_default(args: argparse.Namespace) -> bool:
     """Whether ``args`` is the study's default cell (apart from the seed, threads, device, output)."""
     ref = build_parser().parse_args([])
-    skip = {"seed", "threads", "device", "out", "workers", "tiny"}
+    skip = {"seed", "threads", "device", "out", "tiny", "parallel"}
     return all(getattr(args, k) == getattr(ref, k) for k in vars(ref) if k not in skip)
 
 

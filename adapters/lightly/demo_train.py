@@ -168,8 +168,8 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
           epochs: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
     """Train one run; ``data``: ``{"train", "y_train", "test", "y_test"}`` (labels may be None).
 
-    ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, seed,
-    static_colour, static_flip, resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
+    ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, lr_floor (optional), seed,
+    static_colour, static_flip, eager_colour (optional), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
     ``epochs`` overrides ``args.epochs`` (compute-matched baselines). Returns the model and, per
     epoch, kNN accuracy (every ``eval_every`` epochs and the last), the lowest-IoU fraction and
     the mean IoU of the trained pairs (HVS: selected; baseline: random), plus median timings of
@@ -193,13 +193,15 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     n_views = args.n_views if hvs else 2
     static = bool(hvs and args.static_colour)
     if static:
-        transform: Any = StaticColourViews(base_transform, n_views=n_views, static_flip=args.static_flip)
+        transform: Any = StaticColourViews(base_transform, n_views=n_views, static_flip=args.static_flip,
+                                           deferred=not getattr(args, "eager_colour", False))
     else:
         transform = CandidateViews(base_transform, n_views=n_views, return_boxes=True)
     groups = "interleaved" if args.method == "byol" else None
     loader = torch.utils.data.DataLoader(
         Images(data["train"], transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
         num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed),
+        persistent_workers=args.workers > 0, worker_init_fn=_one_thread if args.workers > 0 else None,
     )
     base_loss = NTXentLoss(temperature=0.5) if args.method == "simclr" else NegativeCosineSimilarity()
     criterion = HVSLoss(
@@ -213,7 +215,8 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     if pred:
         params.append({"params": pred})
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps)))  # noqa: E731
+    floor = getattr(args, "lr_floor", 0.0)
+    cosine = lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * s / max(1, steps)))  # noqa: E731
     # SimSiam recipe: fixed learning rate for the predictor; the others decay it like the rest
     lambdas = [cosine] + ([(lambda s: 1.0) if args.method == "simsiam" else cosine] if pred else [])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
@@ -233,6 +236,8 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
         for batch, _ in loader:
             if static:
                 views, train_views, boxes = batch
+                if transform.deferred:  # uncoloured crops: colour the chosen two after the selection
+                    train_views = _Timed(transform.colour_chosen(train_views))
             else:
                 (views, boxes), train_views = batch, None
             t0 = time.perf_counter()
@@ -243,6 +248,8 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
             before = criterion.last_selection
             x0, x1 = criterion.select(views, model, target, boxes=boxes, epoch=epoch, train_views=train_views)
             t1 = time.perf_counter()
+            if isinstance(train_views, _Timed):  # data work (a loader's, on a GPU box), not selection
+                t0 += train_views.elapsed
             loss = _step_loss(args.method, model, criterion, x0.to(device), x1.to(device))
             optimizer.zero_grad()
             loss.backward()
@@ -299,6 +306,24 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
         "hardness_gap": statistics.mean(gaps) if gaps else None,
         "mean_selected_iou": statistics.mean(sel_iou_all), "mean_random_iou": statistics.mean(rnd_iou_all),
     }
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # a loader worker: one core's worth of augmentation
+
+
+class _Timed:
+    """A function that adds up the time spent in it (``elapsed``, seconds)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.elapsed = fn, 0.0
+
+    def __call__(self, *a: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return self.fn(*a)
+        finally:
+            self.elapsed += time.perf_counter() - t
 
 
 def _step_loss(method: str, model: nn.Module, criterion: nn.Module, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:

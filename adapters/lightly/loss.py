@@ -370,7 +370,7 @@ class HVSLoss(nn.Module):
         return_target_out: bool = False,
         queue: Optional[Sequence[torch.Tensor]] = None,
         masks: Optional[Sequence[torch.Tensor]] = None,
-        train_views: Optional[Sequence[torch.Tensor]] = None,
+        train_views: Union[Sequence[torch.Tensor], Callable[[torch.Tensor], tuple], None] = None,
     ) -> Any:
         """The hard views of this batch.
 
@@ -391,7 +391,9 @@ class HVSLoss(nn.Module):
 
         ``train_views`` (two-view losses): score on ``views`` but return the chosen pair from these
         (the same candidates, augmented otherwise), e.g. :class:`StaticColourViews`'s independently
-        coloured crops while ``views`` share one colour draw per image.
+        coloured crops while ``views`` share one colour draw per image; or a function of
+        ``chosen: [M, 2]`` (candidate indices) that builds the pair after the selection
+        (``StaticColourViews(deferred=True).colour_chosen(crops)``).
 
         ``return_teacher_out=True`` (DINO): returns ``(views, teacher_out)``, ``teacher_out`` being
         the selection's teacher outputs of the 2 chosen globals (``[M, D]`` each, float32), so the
@@ -434,6 +436,12 @@ class HVSLoss(nn.Module):
                 f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
                 f"with CandidateViews(transform, n_views={self.n_views}) (or set n_views={len(views)})"
             )
+        pair_fn = train_views if callable(train_views) else None  # views built after the selection
+        if pair_fn is not None:
+            if return_target_out:
+                raise ValueError("return_target_out=True needs the training views before the selection (the "
+                                 "target outputs are of the scored views): pass them as a list, not a function")
+            train_views = None
         if train_views is not None:
             train_views = check_candidate_views(train_views, same_shape=False)
             if len(train_views) != len(views) or train_views[0].shape[0] != views[0].shape[0]:
@@ -446,6 +454,8 @@ class HVSLoss(nn.Module):
         out_views = views if train_views is None else train_views
         if not self._active(epoch):
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
+            if pair_fn is not None:
+                return self._built_pair(pair_fn, torch.tensor([[a, b]]).expand(views[0].shape[0], 2), device)
             if return_target_out:
                 return (out_views[a], out_views[b]), plain_target_outputs(target, out_views[a], out_views[b])
             return out_views[a], out_views[b]
@@ -468,7 +478,18 @@ class HVSLoss(nn.Module):
         self.last_stats = selection_stats(selection, boxes) if self.stats else None
         if return_target_out:  # tgt: [N, M, D] per output; chosen: [M, 2]
             return selection.gather(out_views), chosen_target_outputs(tgt, selection.chosen)
+        if pair_fn is not None:
+            return self._built_pair(pair_fn, selection.chosen, device)
         return selection.gather(out_views)
+
+    @staticmethod
+    def _built_pair(pair_fn: Callable, chosen: torch.Tensor, device: Optional[torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``train_views`` given as a function of ``chosen: [M, 2]`` (e.g. ``StaticColourViews.colour_chosen``)."""
+        out = pair_fn(chosen)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(x, torch.Tensor) for x in out)
+                and out[0].shape[0] == chosen.shape[0] == out[1].shape[0]):
+            raise ValueError(f"train_views(chosen) must return two tensors of {chosen.shape[0]} samples each")
+        return tuple(to_device(x, device) for x in out) if device is not None else tuple(out)
 
     def _warn(self, fallback: torch.Tensor, what: str) -> None:
         if self.stats:

@@ -7,7 +7,8 @@ photometric draw (same colour for every candidate, so the pair losses differ by 
 and the training step gets the chosen crops with their **own** independent photometric draws,
 i.e. exactly the host's standard two-view distribution. With ``static_flip=True`` the flips join
 the shared draw too (they commute with the pixel-wise colour ops), so the candidates differ by
-their crop box only.
+their crop box only. With ``deferred=True`` only the two selected crops are coloured for training,
+after the selection (the paper's order; N - 2 fewer photometric passes per image in the loader).
 """
 from __future__ import annotations
 
@@ -108,9 +109,16 @@ class StaticColourViews:
     ``HVSLoss.select(select_views, model, train_views=train_views, boxes=boxes)``; a baseline run
     trains on ``train_views[0], train_views[1]`` (two standard views). ``static_flip``: the
     flips are shared during selection too (candidates then differ by their crop box only).
+
+    ``deferred=True``: the second item is the N uncoloured crops (uint8 ``[3, H, W]`` tensors; a
+    batch: N tensors ``[M, 3, H, W]``) and the training colour is drawn after the selection, for
+    the two chosen crops only: ``HVSLoss.select(select_views, model, boxes=boxes,
+    train_views=transform.colour_chosen(crops))``. Same training distribution, cheaper loader; and
+    where the photometric ops are torchvision v2 ops, the shared draw colours the N candidates as
+    one tensor batch (torchvision's tensor kernels: within a few uint8 levels of the PIL ones, mean < 1).
     """
 
-    def __init__(self, transform: Any, n_views: int = 4, static_flip: bool = False) -> None:
+    def __init__(self, transform: Any, n_views: int = 4, static_flip: bool = False, deferred: bool = False) -> None:
         ts = list(getattr(transform, "transforms", None) or [transform])
         if len({id(t) for t in ts}) != 1:
             raise ValueError(
@@ -120,17 +128,88 @@ class StaticColourViews:
         if n_views < 2:
             raise ValueError(f"n_views must be >= 2, got {n_views}: HVS compares pairs; the paper uses 4")
         geo, photo, tail = split_view_transform(ts[0], flips_with_colour=static_flip)
+        if deferred:  # a new pipeline: switched-off ops (p = 0, e.g. blur below 32 px) out of the way
+            geo, photo = [op for op in geo if not _off(op)], [op for op in photo if not _off(op)]
         self.crops = CandidateTransform([_Chain(geo)], n_views)
         self.photometric = _Chain(photo)
         self.tail = _Chain(tail)
         self.n_views = n_views
+        self.deferred = deferred
+        # deferred: the shared draw colours the N candidates as one tensor batch (one pass, not N)
+        self.batched = deferred and _batchable(photo + tail)
 
     def __call__(self, image: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         crops, boxes = self.crops(image)
+        if self.batched and all(getattr(c, "mode", None) == "RGB" for c in crops):
+            from torchvision import tv_tensors
+
+            uint8 = [_as_uint8(c) for c in crops]
+            x = self.tail(self.photometric(tv_tensors.Image(torch.stack(uint8))))  # [N, C, H, W], one draw
+            return list(x.as_subclass(torch.Tensor).unbind(0)), uint8, boxes
         shared = _rng_state()
         select_views = []
         for crop in crops:  # the same photometric draw for every candidate: replay the RNG state
             _set_rng_state(shared)
             select_views.append(self.tail(self.photometric(crop)))
+        if self.deferred:
+            return select_views, [_as_uint8(c) for c in crops], boxes
         train_views = [self.tail(self.photometric(crop)) for crop in crops]  # independent draws
         return select_views, train_views, boxes
+
+    def colour_chosen(self, crops: Sequence[torch.Tensor]) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``train_views`` for ``HVSLoss.select`` from a deferred batch's crops (N × ``[M, 3, H, W]``
+        uint8): a function of the selection's ``chosen: [M, 2]`` that colours the two chosen crops
+        of every sample with independent photometric draws (sample by sample, as the loader
+        would) and returns ``(x0, x1)``, ``[M, C, H, W]`` each."""
+        if not self.deferred:
+            raise ValueError("colour_chosen needs StaticColourViews(..., deferred=True): without it the "
+                             "loader already returns coloured train views; pass those as train_views")
+        if len(crops) != self.n_views:
+            raise ValueError(f"expected the {self.n_views} crops of a deferred batch, got {len(crops)}")
+
+        def train_pair(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            from PIL import Image
+            from torchvision import tv_tensors
+
+            idx = chosen.cpu().tolist()  # [M, 2]
+            if len(idx) != crops[0].shape[0]:
+                raise ValueError(f"chosen holds {len(idx)} samples, the crops {crops[0].shape[0]}")
+            # per view: colour (own draw, PIL kernels as in the loader); per slot: the tensor tail
+            # (ToTensor, Normalize: element-wise, so batched = view by view, bitwise)
+            pair = [[_as_uint8(self.photometric(_as_image(crops[c][m], Image))) for c in row] for m, row in enumerate(idx)]
+            return tuple(self.tail(tv_tensors.Image(torch.stack([p[k] for p in pair]))).as_subclass(torch.Tensor)
+                         for k in (0, 1))
+
+        return train_pair
+
+
+def _off(op: Any) -> bool:
+    """An op that never changes its input: probability 0 (lightly's ``prob``, torchvision's ``p``)."""
+    return getattr(op, "prob", None) == 0 or getattr(op, "p", None) == 0
+
+
+def _batchable(ops: Sequence[Any]) -> bool:
+    """Whether the ops colour a ``[N, C, H, W]`` tensor batch with one draw: torchvision v2 ops
+    (lightly's ToTensor wraps them)."""
+    from torchvision.transforms import v2
+
+    for op in ops:
+        inner = getattr(op, "transform", None) if type(op).__name__ == "ToTensor" else op
+        if not isinstance(inner, v2.Transform):
+            return False
+    return True
+
+
+def _as_uint8(crop: Any) -> torch.Tensor:
+    """A geometric op's output (PIL image, mode RGB or L) as a uint8 ``[C, H, W]`` tensor (lossless)."""
+    if getattr(crop, "mode", None) not in ("RGB", "L"):
+        raise TypeError(f"StaticColourViews(deferred=True) needs PIL images of mode RGB or L (lightly's transforms "
+                        f"on PIL input), got {type(crop).__name__} {getattr(crop, 'mode', '')}")
+    arr = np.asarray(crop, dtype=np.uint8)
+    return torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1).copy()).permute(2, 0, 1)
+
+
+def _as_image(crop: torch.Tensor, image_module: Any) -> Any:
+    """Inverse of :func:`_as_uint8`."""
+    arr = crop.permute(1, 2, 0).cpu().numpy()
+    return image_module.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)

@@ -12,6 +12,11 @@ Before every train step the hook scores all candidate pairs of the batch with th
 RNG are left untouched), picks per sample the pair with the highest loss and replaces
 ``data_batch['inputs']`` by that pair of raw views. The algorithm's own ``train_step`` then runs
 on its usual 2 views: optimisation, EMA updates, queues, logging and checkpoints are unchanged.
+
+Options beyond exact scoring: ``score_layer='backbone.layer1'`` (APPROXIMATE: cosine distance of an
+earlier layer's activations, the network run only up to there; core ``hvs_plugins.layer_scoring``)
+and, for BYOL / MoCo v3 with a per-sample momentum network, ``reuse_target=True`` (``loss()`` reuses
+the selection's momentum outputs of the chosen views; ``target_reuse.py``).
 """
 from __future__ import annotations
 
@@ -34,8 +39,9 @@ from hvs_plugins import (
     warn_fallbacks,
 )
 
-from .scoring import PROXY, SUPPORTED, check_supported, score_pairs
+from .scoring import PROXY, SUPPORTED, check_score_layer, check_supported, layer_pair_losses, score_pairs
 from .swav import swav_loss_module, swav_multicrop_ce
+from .target_reuse import TargetReuse, check_reuse_model, check_reuse_options
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
 
@@ -92,6 +98,17 @@ class HardViewSelectionHook(Hook):
             loss); its scalars are logged as ``hvs_proxy/*``.
         cap / exact: SwAV multi-crop (``MultiView num_views=[n_views, 2 * n_local]``): combinations
             compared per batch (the paper: 128), or the true argmax over all of them.
+        score_layer: APPROXIMATE two-view scoring (e.g. ``'backbone.layer1'``, ``'backbone.layer2'``,
+            ``'neck'``): per sample the pair whose online activations after that module are the most
+            cosine-distant, the network run only up to there (cheaper; not the algorithm's loss, so
+            the pair can differ from the exact selection). Names are the model's modules on its
+            online path (backbone, neck, head.predictor); scalars are logged as ``hvs_layer/*``.
+            Not for SwAV multi-crop nor with ``proxy=True``. None (default): exact scoring.
+        reuse_target: BYOL / MoCoV3: hand the momentum network's selection outputs of the chosen views
+            to ``loss()``, which then skips its momentum forward (see ``target_reuse.py``). Only where
+            that is exact: full resolution, float32, no score_layer / proxy, and a momentum network
+            without BatchNorm or dropout in train mode; refused with the reason otherwise (the
+            standard ResNet + BatchNorm-neck configs are refused).
     """
 
     priority = "NORMAL"
@@ -112,6 +129,8 @@ class HardViewSelectionHook(Hook):
         proxy: bool = False,
         cap: int = DEFAULT_CAP,
         exact: bool = False,
+        score_layer: Optional[str] = None,
+        reuse_target: bool = False,
     ) -> None:
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype, None)
@@ -127,6 +146,18 @@ class HardViewSelectionHook(Hook):
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise ValueError(f"cap must be an int >= 1 (SwAV multi-crop combinations per batch; the paper: 128), got {cap!r}")
         self.proxy, self.cap, self.exact = bool(proxy), cap, bool(exact)
+        if score_layer is not None:
+            if not isinstance(score_layer, str) or not score_layer:
+                raise TypeError(f"score_layer must be None or a module name such as 'backbone.layer1', got {score_layer!r}")
+            if self.proxy:
+                raise ValueError("score_layer and proxy=True are two different approximations: choose one")
+        self.score_layer = score_layer
+        if not isinstance(reuse_target, bool):
+            raise TypeError(f"reuse_target must be True or False, got {reuse_target!r}")
+        if reuse_target:
+            check_reuse_options(score_layer, self.proxy, resolution_scale, autocast_dtype)
+        self.reuse_target = reuse_target
+        self.reuse: Optional[TargetReuse] = None  # set in before_train (reuse_target=True)
         self.space: Optional[CombinationSpace] = None  # SwAV multi-crop combinations
         self.n_views = n_views
         self.resolution_scale = resolution_scale
@@ -146,6 +177,10 @@ class HardViewSelectionHook(Hook):
     # ------------------------------------------------------------------ setup
     def before_run(self, runner) -> None:
         self.algorithm = check_supported(_unwrap(runner.model), self.proxy)
+        if self.score_layer is not None:  # an unknown name: an error listing the valid ones, now
+            check_score_layer(_unwrap(runner.model), self.score_layer)
+        if self.reuse_target:
+            check_reuse_model(self.algorithm, _unwrap(runner.model), runner)
         loading = getattr(runner, "_resume", False) or getattr(runner, "_load_from", None)
         if loading and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
             # mmengine 0.10 checkpoints hold numpy/python objects: torch >= 2.6 refuses them with its
@@ -165,6 +200,14 @@ class HardViewSelectionHook(Hook):
         ordered = self.algorithm in ("MoCo", "SwAV") and self.groups is None
         if self.algorithm == "SwAV":
             self._setup_swav(model)
+        if self.score_layer is not None:
+            if self.space is not None:
+                raise ValueError(
+                    "score_layer is for two-view selection; SwAV multi-crop combinations are selected with "
+                    "SwAV's own objective: drop score_layer (or the local crops)")
+            check_score_layer(model, self.score_layer)
+        if self.reuse_target:
+            self.reuse = TargetReuse(self.algorithm, check_reuse_model(self.algorithm, model, runner))
         self.selector = HardViewSelector(
             self.n_views, groups=self.groups, ordered=ordered,
             resolution_scale=self.resolution_scale, chunk_size=self.chunk_size,
@@ -181,6 +224,10 @@ class HardViewSelectionHook(Hook):
                     + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
                     + (", ordered (crop 1, crop 2)" if ordered else ""))
         proxy = " (labelled invariance PROXY: no per-sample loss exists)" if self.algorithm in PROXY else ""
+        if self.score_layer is not None:
+            proxy = f" (APPROXIMATE: cosine distance after {self.score_layer!r})"
+        if self.reuse is not None:
+            proxy += " (momentum outputs of the chosen views reused by loss())"
         runner.logger.info(f"HardViewSelectionHook: {self.algorithm}, {what}{proxy}")
 
     def _check_pipeline(self, runner) -> Optional[list[list[int]]]:
@@ -265,6 +312,8 @@ class HardViewSelectionHook(Hook):
                 f"dict(type='MultiView', num_views={self.n_inputs}, transforms=[view_pipeline])"
             )
         model = _unwrap(runner.model)
+        if self.reuse is not None:
+            self.reuse.remove()  # a cache left by a step that raised never serves another batch
         # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
         check_candidate_views(inputs[: self.n_views], self.n_views, modules=[model])
         if self.space is not None:
@@ -277,10 +326,18 @@ class HardViewSelectionHook(Hook):
         if self.space is not None:
             return self._select_multicrop(runner, model, data_batch, list(inputs))
         start = time.perf_counter()
-        with self.selector.scoring([model]):
+        keep: dict = {}
+        # reuse_target: the momentum network at the weights loss() will use this step (a shadow copy)
+        shadow = self.reuse.prepare(model) if self.reuse is not None else None
+        with self.selector.scoring([model] + ([shadow] if shadow is not None else [])):
             views = self._preprocess(model, list(inputs))
-            losses = score_pairs(self.algorithm, model, self.selector, views,
-                                 simclr_pair_forward=self.simclr_pair_forward)
+            if self.score_layer is not None:  # APPROXIMATE: online activations after that module
+                losses = layer_pair_losses(model, self.selector, views, self.score_layer)
+            elif shadow is not None:
+                losses = score_pairs(self.algorithm, model, self.selector, views, target=shadow, keep=keep)
+            else:
+                losses = score_pairs(self.algorithm, model, self.selector, views,
+                                     simclr_pair_forward=self.simclr_pair_forward)
         selection = self.selector.choose(losses)
         n_fallback = warn_fallbacks(selection.fallback)
         if n_fallback:
@@ -292,9 +349,13 @@ class HardViewSelectionHook(Hook):
         view_a, view_b = selection.gather(list(inputs))
         data_batch["inputs"] = [view_a, view_b]
         self.last_selection = selection
+        if self.reuse is not None:  # loss() gets these outputs for exactly these (preprocessed) views
+            self.reuse.cache(tuple(selection.gather(views)), keep["target"], selection.chosen)
         if self.log_stats:
             hub = runner.message_hub
-            prefix = "train/hvs_proxy/" if self.algorithm in PROXY else "train/hvs/"  # labelled proxy
+            # labelled approximations: the invariance proxy, the layer's cosine distances
+            prefix = ("train/hvs_proxy/" if self.algorithm in PROXY
+                      else "train/hvs_layer/" if self.score_layer is not None else "train/hvs/")
             for key, value in selection_stats(selection).as_dict(prefix).items():
                 hub.update_scalar(key, value)
             hub.update_scalar("train/hvs/time", time.perf_counter() - start)
@@ -321,6 +382,16 @@ class HardViewSelectionHook(Hook):
             hub.update_scalar("train/hvs/fallbacks", float(choice.fallback.sum()))
             hub.update_scalar("train/hvs/combinations", float(choice.n_evaluated))
             hub.update_scalar("train/hvs/time", time.perf_counter() - start)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
+        if self.reuse is not None and self.reuse._installed:
+            if self.log_stats:
+                runner.message_hub.update_scalar("train/hvs/target_reused", float(self.reuse.hits))
+            self.reuse.remove()
+
+    def after_train(self, runner) -> None:
+        if self.reuse is not None:
+            self.reuse.remove()
 
     @staticmethod
     def _preprocess(model, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ from hvs_plugins import (
     resize_views,
 )
 from hvs_plugins.devices import to_device
+from hvs_plugins.layer_scoring import cosine_distance_pair_losses, layer_forward, layer_names, resolve_layer
 
 SUPPORTED = ("SimSiam", "SimCLR", "BYOL", "MoCo", "MoCoV3", "SwAV", "BarlowTwins")
 # No per-sample loss: only the labelled invariance proxy, with HardViewSelectionHook(proxy=True).
@@ -122,14 +123,18 @@ def _simsiam(model, selector: HardViewSelector, views) -> torch.Tensor:
     return shift + scale * negative_cosine_pair_losses(p, z, selector.pairs)
 
 
-def _byol(model, selector: HardViewSelector, views) -> torch.Tensor:
+def _byol(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None,
+          keep: Optional[dict] = None) -> torch.Tensor:
     shift, scale = _cosine_factors(model.head)
+    target = model.target_net if target is None else target  # target_reuse: the post-update shadow
 
     def forward(x):
         z = model.neck(model.backbone(x))[0]
-        return model.head.predictor([z])[0], model.target_net(x)[0]
+        return model.head.predictor([z])[0], target(x)[0]
 
     p, t = selector.forward_views(forward, views, selector.n_views)
+    if keep is not None:
+        keep["target"] = t  # [N, M, D]: the momentum outputs, for reuse in the training step
     # loss() = 2·(L(p1, t2) + L(p2, t1)) = 4 · ½(...)
     return 4.0 * (shift + scale * negative_cosine_pair_losses(p, t, selector.pairs))
 
@@ -149,15 +154,19 @@ def _moco(model, selector: HardViewSelector, views) -> torch.Tensor:
     return weight * losses
 
 
-def _mocov3(model, selector: HardViewSelector, views) -> torch.Tensor:
+def _mocov3(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None,
+            keep: Optional[dict] = None) -> torch.Tensor:
     weight = _ce_weight(model.head)
     temperature = float(model.head.temperature)
+    target = model.momentum_encoder if target is None else target  # target_reuse: the post-update shadow
 
     def forward(x):
         q = model.neck(model.backbone(x))[0]
-        return model.head.predictor([q])[0], model.momentum_encoder(x)[0]
+        return model.head.predictor([q])[0], target(x)[0]
 
     pred, key = selector.forward_views(forward, views, selector.n_views)
+    if keep is not None:
+        keep["target"] = key  # [N, M, D] raw momentum outputs (before normalising), for reuse
     pred = F.normalize(pred, dim=-1)  # [N, M, D]
     key, offset = _gather_rows(F.normalize(key, dim=-1), dim=1)  # [N, M_all, D]
     m = pred.shape[1]
@@ -233,4 +242,54 @@ def score_pairs(
     views = list(views)
     if name == "SimCLR":
         return SCORERS[name](model, selector, views, pair_forward=options.get("simclr_pair_forward", True))
+    if name in ("BYOL", "MoCoV3") and (options.get("target") is not None or options.get("keep") is not None):
+        # reuse_target: score with the momentum network as loss() will use it, keep its outputs
+        return SCORERS[name](model, selector, views, target=options.get("target"), keep=options.get("keep"))
     return SCORERS[name](model, selector, views)
+
+
+# -- APPROXIMATE scoring on an earlier layer (score_layer=; core hvs_plugins.layer_scoring)
+
+# the online path the layer-scoring forward runs: backbone -> neck (-> head.predictor where present)
+ONLINE_PATH = ("backbone", "neck", "head.predictor")
+
+
+def online_forward(model: nn.Module) -> Callable[[torch.Tensor], object]:
+    """``x: [B, C, H, W]`` -> the online network's output (backbone, neck, and the head's predictor
+    for SimSiam / BYOL / MoCo v3): every module a ``score_layer`` may name lies on this path."""
+    predictor = getattr(getattr(model, "head", None), "predictor", None)
+
+    def forward(x: torch.Tensor):
+        z = model.neck(model.backbone(x))
+        return predictor([z[0]]) if isinstance(predictor, nn.Module) else z
+
+    return forward
+
+
+def online_layer_names(model: nn.Module) -> list[str]:
+    """The names ``score_layer`` accepts: the modules on :data:`ONLINE_PATH` (``model.named_modules()`` order)."""
+    roots = [r for r in ONLINE_PATH if r in dict(model.named_modules())]
+    return [n for n in layer_names(model) if any(n == r or n.startswith(r + ".") for r in roots)]
+
+
+def check_score_layer(model: nn.Module, name: str) -> str:
+    """``name`` if it is a module on the online path of ``model``, else a ValueError listing the
+    valid names (an unknown name, or one of a momentum/key network the selection never runs)."""
+    resolve_layer(model, name)  # not a module at all: the core's error with the valid names
+    valid = online_layer_names(model)
+    if name not in valid:
+        shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
+        raise ValueError(
+            f"score_layer={name!r} is not on the online path the selection forward runs ({' -> '.join(ONLINE_PATH)}; "
+            f"momentum / key networks are not scored); valid names: {shown}"
+        )
+    return name
+
+
+def layer_pair_losses(model: nn.Module, selector: HardViewSelector, views: Sequence[torch.Tensor],
+                      name: str) -> torch.Tensor:
+    """APPROXIMATE ``[P, M]``: ``1 - cos`` of the online activations after ``model.<name>`` of every
+    pair, the network run only up to there (call inside ``selector.scoring([model])``)."""
+    run = layer_forward(online_forward(model), model, name)
+    (features,) = selector.forward_views(run, list(views), selector.n_views)  # [N, M, D]
+    return cosine_distance_pair_losses(features, selector.pairs)

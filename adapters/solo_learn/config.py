@@ -54,6 +54,10 @@ class HVSConfig:
     off while keeping the block. ``score_layer``: APPROXIMATE two-view scoring by the cosine distance
     of the activations after this module of the method (e.g. ``backbone.layer1``), the network run
     only up to there (core ``layer_scoring``); null (default): the method's own loss.
+    ``reuse_target``: BYOL / MoCo v3 only: hand the momentum network's selection outputs of the
+    chosen views to the training step instead of forwarding them again (exact, so refused unless
+    resolution_scale is 1.0, no score_layer / autocast, and the momentum networks have no
+    BatchNorm / dropout in train mode; see ``target_reuse``).
     """
 
     n_views: int = 4
@@ -72,6 +76,7 @@ class HVSConfig:
     start_epoch: int = 0
     enabled: bool = True
     score_layer: Optional[str] = None
+    reuse_target: bool = False
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
@@ -136,7 +141,7 @@ def parse_hvs_config(block: Any) -> HVSConfig:
     d["probability"] = float(prob)
     if d["chunk_size"] is not None:
         d["chunk_size"] = _int("chunk_size", d["chunk_size"], 1)
-    for name in ("exact", "proxy", "joint_views", "log_stats", "enabled"):
+    for name in ("exact", "proxy", "joint_views", "log_stats", "enabled", "reuse_target"):
         d[name] = _bool(name, d[name])
     scale = d["resolution_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:

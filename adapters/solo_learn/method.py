@@ -50,6 +50,7 @@ from .scoring import (
     ressl_pair_losses,
     supcon_pair_losses,
 )
+from .target_reuse import MomentumRecorder, check_momentum_networks, check_reuse_config, reusing_momentum_forward
 
 
 def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -150,6 +151,10 @@ class HVSMethodMixin:
                                  "combinations: remove score_layer (or the small crops)")
             resolve_layer(self, hvs.score_layer)  # unknown name: an error listing the valid ones, now
             self.hvs_mode = "approximate"
+        self._hvs_target_cache: Optional[list] = None
+        if hvs.reuse_target:  # refused at setup wherever reuse would not be exact
+            check_reuse_config(method, hvs)
+            check_momentum_networks(self)
 
     # --------------------------------------------------------------- DINO crops
     def multicrop_forward(self, X: torch.Tensor) -> dict:
@@ -163,7 +168,14 @@ class HVSMethodMixin:
         indexes, X, targets = batch
         X = [X] if isinstance(X, torch.Tensor) else list(X)
         crops = self.hvs_select(X, indexes=indexes, targets=targets)
-        return super().training_step([indexes, crops, targets], batch_idx)
+        cache, self._hvs_target_cache = self._hvs_target_cache, None
+        if not cache:
+            return super().training_step([indexes, crops, targets], batch_idx)
+        # hvs.reuse_target: the momentum outputs of the two selected views come from the selection
+        with reusing_momentum_forward(self, cache) as hits:
+            out = super().training_step([indexes, crops, targets], batch_idx)
+        self.hvs_last["target_reused"] = len(hits)
+        return out
 
     def hvs_scoring_modules(self) -> list[torch.nn.Module]:
         """Networks the selection forward touches (the guard saves/restores their buffers). The
@@ -178,6 +190,7 @@ class HVSMethodMixin:
         assignments by index, SupCon's positives are the samples of the same label)."""
         layout = self.hvs_layout
         self._hvs_indexes, self._hvs_targets = indexes, targets
+        self._hvs_target_cache = None
         if len(X) != layout.n_crops_in:
             raise ValueError(
                 f"HVS expected {layout.n_crops_in} crops per batch ({layout.n_views} large candidates"
@@ -207,6 +220,10 @@ class HVSMethodMixin:
             if self.hvs_config.score_layer is not None:  # APPROXIMATE: activations after that module
                 run = layer_forward(self, self, self.hvs_config.score_layer)
                 losses = cosine_distance_pair_losses(sel.forward_views(run, large, layout.n_views)[0], sel.pairs)
+            elif self.hvs_config.reuse_target:  # (online, target) as without reuse, then the momentum dict
+                recorder = MomentumRecorder(self)
+                outputs = sel.forward_views(self._hvs_reuse_forward_fn(recorder), large, layout.n_views)
+                losses = self.hvs_pair_losses(outputs[:2], sel.pairs)
             else:
                 outputs = sel.forward_views(self._hvs_forward_fn(), large, layout.n_views)
                 losses = self.hvs_pair_losses(outputs, sel.pairs)
@@ -214,6 +231,9 @@ class HVSMethodMixin:
         warn_fallbacks(selection.fallback)
         view_a, view_b = selection.gather(large)
         self.hvs_last = {"selection": selection, "pair_losses": losses}
+        if self.hvs_config.reuse_target:  # score_layer is refused with it at setup
+            out_a, out_b = recorder.chosen(outputs[2:], selection.chosen)
+            self._hvs_target_cache = [(view_a, out_a), (view_b, out_b)]
         if self.hvs_config.log_stats:
             self._hvs_log(selection_stats(selection).as_dict())
         return [view_a, view_b] + small
@@ -244,6 +264,18 @@ class HVSMethodMixin:
         if m == "dino":  # student, teacher
             return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
         return lambda x: self(x)["z"]  # simclr, supcon, proxy methods
+
+    def _hvs_reuse_forward_fn(self, recorder: MomentumRecorder) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+        """BYOL / MoCo v3 with hvs.reuse_target: ``x: [B, C, H, W]`` → (online prediction, momentum
+        target, *every momentum_forward output) — the first two are what the scorers read."""
+        key_online, key_target = {"byol": ("p", "z"), "mocov3": ("q", "k")}[self.hvs_method_name]
+
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            online = self(x)[key_online]
+            momentum = recorder(self.momentum_forward, x)
+            return (online, momentum[recorder.keys.index(key_target)]) + momentum
+
+        return forward
 
     def _hvs_nn(self, z: torch.Tensor) -> torch.Tensor:
         n, mm, d = z.shape
