@@ -92,3 +92,22 @@ def test_committed_results_are_backed_by_the_cached_runs(effect):
         summary = study.summary(cell)
         assert summary is not None, f"cached runs of cell {cell!r} not found"
         assert summary["knn_hvs"] == data[cell]["knn_hvs"] and summary["knn_baseline"] == data[cell]["knn_baseline"]
+
+
+def test_demo_defaults_are_the_studys_default_cell(effect):
+    """The demo's defaults run the effect study's default cell, and the spread it prints is that
+    cell's (benchmarks/results/effect.json)."""
+    import statistics
+
+    from hvs_plugins.adapters.lightly import demo
+
+    data = json.loads((ROOT / "benchmarks" / "results" / "effect.json").read_text())
+    d = data["default"]
+    study_args = effect._parse(effect.SIZE_FLAGS + effect.BASE_FLAGS + effect.CELLS[d["cell"]][0])
+    assert demo._is_default(study_args), "demo defaults differ from the study's default cell"
+    fmt = lambda xs: f"{statistics.mean(xs):.1%} ± {statistics.stdev(xs):.1%}"  # noqa: E731
+    s = demo.STUDY_DEFAULT
+    assert s["seeds"] == d["seeds"] and s["compute_matched_epochs"] == d["compute_matched_epochs"]
+    assert s["knn_baseline"] == fmt(d["knn_baseline"]) and s["knn_hvs"] == fmt(d["knn_hvs"])
+    assert s["knn_baseline_compute_matched"] == fmt(d["knn_baseline_compute_matched"])
+    assert s["lowest_iou_fraction"] == fmt(d["lowest_iou_fraction"])
