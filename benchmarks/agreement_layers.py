@@ -54,12 +54,12 @@ def run_method(method: str, batch: int, n_batches: int, train_steps: int, reps: 
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.transforms import SimCLRTransform, SimSiamTransform
 
-    import bench
+    import bench_models
     from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss
 
     torch.manual_seed(0)
-    backbone, dim = bench.resnet_backbone("resnet18", size, "cifar-pool")
-    model = (bench.SimSiamModel if method == "simsiam" else bench.SimCLRModel)(backbone, dim)
+    backbone, dim = bench_models.resnet_backbone("resnet18", size, "cifar-pool")
+    model = (bench_models.SimSiamModel if method == "simsiam" else bench_models.SimCLRModel)(backbone, dim)
     base = NegativeCosineSimilarity() if method == "simsiam" else NTXentLoss(temperature=0.5)
     tf = (SimSiamTransform if method == "simsiam" else SimCLRTransform)(input_size=size, gaussian_blur=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
