@@ -80,3 +80,13 @@ def test_gpu_profile_is_defined_and_refuses_without_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA"):
             bench.main(["--profile", "gpu"])
+
+
+def test_target_reuse_benchmark_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location("hvs_target_reuse", ROOT / "benchmarks" / "target_reuse.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--tiny", "--out", str(tmp_path / "r.json")])
+    for method in ("byol", "moco"):
+        assert out[method]["hvs_ratio"] > 0 and out[method]["hvs_reuse_ratio"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["clock"] == "process CPU time"
