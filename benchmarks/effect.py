@@ -74,10 +74,10 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "4x": (["--epochs", "96", "--eval-every", "8"], "4x budget (96 epochs)"),
     "start12": (["--hvs-start-epoch", "12"], "HVS from epoch 12 of 24"),
 }
-HVS_ONLY = {"static_colour", "static_flip", "eager_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
+HVS_ONLY = {"select_by", "score_layer", "static_colour", "static_flip", "eager_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
 IGNORED = {"threads", "device", "out", "tiny", "parallel"}
 # flags added after runs were cached: at these values they leave the cache keys as they were
-LATER_FLAGS = {"static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
+LATER_FLAGS = {"select_by": "loss", "score_layer": None, "static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
 BINS = np.linspace(0, 1, 21)
 
 

@@ -4,6 +4,7 @@ Imports torch only. Host adapters live in ``hvs_plugins.adapters``.
 """
 from .crops import CandidateTransform, box_iou, install_box_recorders, pair_ious
 from .contrastive import dcl_pair_losses, macl_pair_losses, tico_pair_losses
+from .geometric import min_iou_pair_scores, select_min_iou
 from .guard import preserve_state
 from .ibot import ibot_combination_ce, ibot_patch_cross_entropy
 from .losses import (
@@ -34,7 +35,7 @@ from .swav import swav_codes, swav_cross_entropy, swav_pair_losses
 __version__ = "0.1.0"
 
 __all__ = [
-    "CandidateTransform", "box_iou", "install_box_recorders", "pair_ious", "preserve_state",
+    "CandidateTransform", "box_iou", "min_iou_pair_scores", "select_min_iou", "install_box_recorders", "pair_ious", "preserve_state",
     "dino_cross_entropy", "dino_pair_losses", "invariance_proxy_pair_losses",
     "negative_cosine_pair_losses", "ntxent_pair_losses", "DEFAULT_CAP", "CombinationChoice",
     "Combinations", "CombinationSpace", "all_pairs", "cross_pairs", "interleaved_groups",

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-floor", type=float, default=0.35,
                    help="cosine schedule from the learning rate down to this fraction of it (0: to zero)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select-by", default="loss", choices=["loss", "min_iou"],
+                   help="'loss': HVS; 'min_iou': the zero-cost geometric control (the least-overlapping crops, no forward)")
+    p.add_argument("--score-layer", default=None,
+                   help="HVS scores on the activations after this module of the model (approximate; e.g. backbone.5)")
     p.add_argument("--resolution-scale", type=float, default=1.0, help="HVS scores on copies downscaled by this factor")
     p.add_argument("--hvs-start-epoch", type=int, default=0, help="HVS from this epoch on (random pairs before)")
     p.add_argument("--hvs-probability", type=float, default=1.0, help="HVS on this fraction of steps (random pairs on the others)")

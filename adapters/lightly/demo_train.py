@@ -169,7 +169,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     """Train one run; ``data``: ``{"train", "y_train", "test", "y_test"}`` (labels may be None).
 
     ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, lr_floor (optional), seed,
-    static_colour, static_flip, eager_colour (optional), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
+    static_colour, static_flip, eager_colour (optional), select_by (optional: 'loss' or 'min_iou'), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
     ``epochs`` overrides ``args.epochs`` (compute-matched baselines). Returns the model and, per
     epoch, kNN accuracy (every ``eval_every`` epochs and the last), the lowest-IoU fraction and
     the mean IoU of the trained pairs (HVS: selected; baseline: random), plus median timings of
@@ -207,6 +207,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     criterion = HVSLoss(
         base_loss, n_views=n_views, groups=groups, seed=args.seed, enabled=hvs,
         resolution_scale=args.resolution_scale, start_epoch=args.hvs_start_epoch, probability=args.hvs_probability,
+        select_by=getattr(args, "select_by", "loss"), score_layer=getattr(args, "score_layer", None),
     )
     steps = epochs * len(loader)
     lr = args.lr * args.batch_size / 256

@@ -27,6 +27,7 @@ from hvs_plugins import (
     interleaved_groups,
     negative_cosine_pair_losses,
     ntxent_pair_losses,
+    select_min_iou,
     selection_stats,
     warn_fallbacks,
 )
@@ -259,6 +260,9 @@ class HVSLoss(nn.Module):
     that module (e.g. ``conv1``, ``layer1``, ``layer2``, ``avgpool`` of a ResNet backbone; names are
     relative to ``model``'s module), running the network only up to there (core ``layer_scoring``);
     cheaper, but not the loss's own objective (agreement: ``benchmarks/agreement.py``).
+    ``select_by="min_iou"`` (two-view losses; a CONTROL, ``self.scoring`` is ``"geometric"``): no
+    forward at all; per sample the pair whose crop boxes overlap least (``select(..., boxes=...)``
+    from ``CandidateViews(return_boxes=True)``): what crop geometry alone buys.
     """
 
     def __init__(
@@ -282,6 +286,7 @@ class HVSLoss(nn.Module):
         stats: bool = True,
         proxy: bool = False,
         score_layer: Optional[str] = None,
+        select_by: str = "loss",
     ) -> None:
         super().__init__()
         if not isinstance(criterion, nn.Module):
@@ -317,6 +322,16 @@ class HVSLoss(nn.Module):
         self.score_layer = check_score_layer(score_layer, self.spec is None, self.scoring)
         if score_layer is not None:
             self.scoring = "approximate"
+        if select_by not in ("loss", "min_iou"):
+            raise ValueError(f"select_by must be 'loss' (HVS) or 'min_iou' (geometric control), got {select_by!r}")
+        if select_by == "min_iou":
+            if self.spec is None:
+                raise ValueError("select_by='min_iou' is for two-view losses; multi-crop losses (DINO, SwAV, iBOT) "
+                                 "select with their loss: drop select_by")
+            if score_layer is not None:
+                raise ValueError("select_by='min_iou' runs no forward: drop score_layer")
+            self.scoring = "geometric"
+        self.select_by = select_by
         self.n_views = n_views
         self.last_selection: Any = None
         self.last_stats: Any = None
@@ -460,6 +475,16 @@ class HVSLoss(nn.Module):
                 return (out_views[a], out_views[b]), plain_target_outputs(target, out_views[a], out_views[b])
             return out_views[a], out_views[b]
         sel = self.selector
+        if self.select_by == "min_iou":  # geometric control: no forward, the least-overlapping crops
+            if boxes is None:
+                raise ValueError("select_by='min_iou' needs the crop boxes: CandidateViews(transform, "
+                                 "return_boxes=True) and select(views, model, boxes=boxes)")
+            if return_target_out:
+                raise ValueError("select_by='min_iou' runs no forward, so it has no target outputs: drop return_target_out")
+            selection = select_min_iou(boxes, sel.pairs, sel.generator)
+            self.last_selection = selection
+            self.last_stats = selection_stats(selection, boxes) if self.stats else None
+            return self._built_pair(pair_fn, selection.chosen, device) if pair_fn is not None else selection.gather(out_views)
         with sel.scoring(mods):
             if self.score_layer is not None:  # APPROXIMATE: activations of the online network only
                 losses = layer_pair_losses(sel, model, views, self.score_layer, modules)
