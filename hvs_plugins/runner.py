@@ -11,6 +11,7 @@ from torch import nn
 from .guard import preserve_state
 from .pairs import check_n_views, make_pairs
 from .selection import EMPTY_BATCH, Selection, Views, as_view_list, check_candidate_views, select_hardest
+from .unscorable import UnscorableBatches, reason_from_error, unscorable_reason
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 ForwardFn = Callable[[torch.Tensor], Outputs]
@@ -79,6 +80,7 @@ class HardViewSelector:
         self.autocast_dtype = autocast_dtype
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self.unscorable = UnscorableBatches()  # batches trained on a plain pair (1 sample under BatchNorm, ...)
 
     # -- state for checkpoints: the selector's generator is part of the training state
     def state_dict(self) -> dict:
@@ -105,7 +107,7 @@ class HardViewSelector:
         ``[B, C, H, W]`` batch to one tensor or a tuple of tensors with leading dim B. Returns one
         tensor ``[N, M, ...]`` (float32) per output.
         """
-        vs = as_view_list(views, n_views)
+        vs = as_view_list(views, n_views, same_shape=self.joint_views)  # per-view forwards take any sizes
         m = vs[0].shape[0]
         per_view: list[list[list[torch.Tensor]]] = [[] for _ in vs]  # view -> chunk -> outputs
         for start, stop in chunk_bounds(m, self.chunk_size):
@@ -139,10 +141,27 @@ class HardViewSelector:
         (their buffers, parameters and the RNG are left bitwise unchanged).
         """
         views = check_candidate_views(views, self.n_views, modules)
-        with self.scoring(modules):
-            outputs = self.forward_views(forward, views, self.n_views)
-            losses = pair_loss(*outputs, pairs=self.pairs)
-        return self.choose(losses)
+        reason = unscorable_reason(views, modules)
+        if reason is None:
+            try:
+                with self.scoring(modules):
+                    outputs = self.forward_views(forward, views, self.n_views)
+                    losses = pair_loss(*outputs, pairs=self.pairs)
+                return self.choose(losses)
+            except ValueError as exc:
+                reason = reason_from_error(exc)
+                if reason is None:
+                    raise
+        return self.unscorable_selection(views[0].shape[0], reason)
+
+    def unscorable_selection(self, m: int, reason: str) -> Selection:
+        """A batch that cannot be scored (:mod:`~hvs_plugins.unscorable`): pair 0 (of i.i.d.
+        candidates: a plain random pair) for all ``m`` samples, NaN pair losses; counted in
+        ``self.unscorable`` (warns once)."""
+        self.unscorable.record(reason, stacklevel=4)
+        p = self.pairs.shape[0]
+        return Selection(torch.zeros(m, dtype=torch.long), self.pairs, torch.full((p, m), float("nan")),
+                         torch.zeros(m, dtype=torch.bool))
 
     def choose(self, pair_losses: torch.Tensor) -> Selection:
         """Argmax per sample of ``pair_losses: [P, M]`` with this selector's generator."""

@@ -78,14 +78,6 @@ def _not_a_tensor(views: Sequence[object]) -> Optional[str]:
     return None
 
 
-def _train_mode_batchnorm(modules: Sequence[torch.nn.Module]) -> Optional[str]:
-    for owner in modules:
-        for name, m in owner.named_modules():
-            if m.training and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                return name or type(owner).__name__
-    return None
-
-
 def check_candidate_views(
     views: Views,
     n_views: Optional[int] = None,
@@ -93,8 +85,9 @@ def check_candidate_views(
     same_shape: bool = True,
 ) -> list[torch.Tensor]:
     """The adapters' entry check of a batch's candidate views: N tensors ``[M, ...]`` (a list or
-    one ``[N, M, ...]`` tensor), ``n_views`` of them if given, at least one sample, and more than
-    one sample when ``modules`` have BatchNorm in train mode (it cannot normalise one sample).
+    one ``[N, M, ...]`` tensor), ``n_views`` of them if given, at least one sample (a batch that is
+    valid but cannot be scored, e.g. 1 sample under train-mode BatchNorm, is
+    :func:`~hvs_plugins.unscorable.unscorable_reason`'s; ``modules`` is kept for callers).
     ``same_shape=False`` for multi-crop lists (globals and locals differ). Every failure names
     the cause and the fix; returns the views as a list."""
     if isinstance(views, torch.Tensor):
@@ -114,21 +107,12 @@ def check_candidate_views(
     m = vs[0].shape[0] if vs[0].dim() else 0
     if m == 0 or any(v.dim() == 0 or v.shape[0] == 0 for v in vs):
         raise ValueError(EMPTY_BATCH)
-    if m == 1:
-        bn = _train_mode_batchnorm(modules)
-        if bn is not None:
-            raise ValueError(
-                f"HVS got a batch of 1 sample, but the model has BatchNorm in train mode ({bn}), which "
-                "cannot normalise a single sample (torch: 'Expected more than 1 value per channel when "
-                "training'): use drop_last=True in the DataLoader (the last batch of an epoch can hold "
-                "a single sample) or a batch size > 1"
-            )
     return vs
 
 
-def as_view_list(views: Views, n_views: Optional[int] = None) -> list[torch.Tensor]:
+def as_view_list(views: Views, n_views: Optional[int] = None, same_shape: bool = True) -> list[torch.Tensor]:
     """Views as a list of N tensors ``[M, ...]`` (from a list or a ``[N, M, ...]`` tensor), checked
-    for count and equal shapes."""
+    for count and (``same_shape``) equal shapes."""
     if isinstance(views, torch.Tensor):
         if views.dim() < 2:
             raise ValueError(f"a views tensor must be [N, M, ...], got shape {list(views.shape)}")
@@ -144,7 +128,7 @@ def as_view_list(views: Views, n_views: Optional[int] = None) -> list[torch.Tens
             f"emit n_views={n_views} views (or set n_views={len(out)})"
         )
     shapes = {tuple(v.shape) for v in out}
-    if len(shapes) != 1:
+    if len(shapes) != 1 and same_shape:
         raise ValueError(
             f"candidate views must all have the same shape, got {sorted(shapes)}; for multi-crop "
             "pass global and local candidates separately"
@@ -175,10 +159,33 @@ def gather_views(views: Views, choice: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard batch: ``(view_a, view_b)``, each ``[M, ...]``, where sample i takes pair
-    ``pairs[index[i]]`` (``pairs: [P, 2]``, ``index: [M]``)."""
-    a, b = gather_views(views, to_device(pairs, index.device)[index])
-    return a, b
+    """The selected pair per sample: ``pairs: [P, 2]``, ``index: [M]`` → ``(view_a, view_b)``.
+    Candidates may differ in size between the two slots (e.g. BYOL's two pipelines at 32 and
+    24 px with cross pairs): each slot gathers only among the candidates its column of ``pairs``
+    names, which must share one size."""
+    vs = as_view_list(views, same_shape=False)
+    choice = to_device(pairs, index.device)[index]  # [M, 2]
+    if len({tuple(v.shape) for v in vs}) == 1:
+        a, b = gather_views(vs, choice)
+        return a, b
+    out = []
+    for j in range(2):
+        allowed = sorted(set(pairs[:, j].tolist()))
+        sizes = {tuple(vs[i].shape[1:]) for i in allowed}
+        if len(sizes) > 1:
+            all_sizes = ", ".join(f"{i}: {'x'.join(map(str, v.shape[-2:]))}" for i, v in enumerate(vs))
+            raise ValueError(
+                f"candidate views differ in size (candidate: size {all_sizes}), and slot {j} of the scored pairs takes "
+                "candidates of different sizes, which cannot form one batch. With two pipelines of different sizes "
+                "(e.g. BYOLTransform with view 1 at 32 px and view 2 at 24 px) score cross pairs only: "
+                "HVSLoss(criterion, views=candidate_views) with the CandidateViews of the loader (or "
+                "groups='interleaved'), so that each slot takes one pipeline's candidates; otherwise give all "
+                "candidates one size"
+            )
+        lut = torch.full((len(vs),), -1, dtype=torch.long)
+        lut[torch.tensor(allowed)] = torch.arange(len(allowed))
+        out.append(gather_views([vs[i] for i in allowed], to_device(lut, choice.device)[choice[:, j:j + 1]])[0])
+    return out[0], out[1]
 
 
 @dataclass

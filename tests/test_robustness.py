@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from hvs_plugins import HardViewSelector, negative_cosine_pair_losses, select_hardest
+from hvs_plugins import HardViewSelector, HVSUnscorableWarning, negative_cosine_pair_losses, select_hardest
 
 HAS = {m: importlib.util.find_spec(m) is not None for m in ("lightly", "pytorch_lightning", "solo", "mmselfsup")}
 HELPERS = Path(__file__).resolve().parent / "_dist_helpers"
@@ -68,8 +68,11 @@ def test_core_views_count_and_shape_checked():
     with pytest.raises(ValueError, match=r"expected 4 candidate views per sample, got 3: make the data pipeline "
                        r"emit n_views=4 views \(or set n_views=3\)"):
         sel.forward_views(fwd, views_of(3), 4)
-    with pytest.raises(ValueError, match="candidate views must all have the same shape"):
-        sel.forward_views(fwd, views_of(sizes=[16, 16, 16, 12]), 4)
+    with pytest.raises(ValueError, match="candidate views must all have the same shape"):  # one joint forward
+        HardViewSelector(4, joint_views=True).forward_views(fwd, views_of(sizes=[16, 16, 16, 12]), 4)
+    # one forward per view takes candidates of different sizes (outputs of one shape)
+    pool = lambda x: x.mean((2, 3))  # noqa: E731
+    assert sel.forward_views(pool, views_of(sizes=[16, 16, 16, 12]), 4)[0].shape == (4, M, 3)
 
 
 def test_core_chunk_larger_than_batch_is_clamped():
@@ -180,7 +183,8 @@ def test_lightly_views_of_different_shapes():
     from hvs_plugins.adapters.lightly import HVSLoss
 
     crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
-    with pytest.raises(ValueError, match=r"candidate views must all have the same shape, got .*\(6, 3, 12, 12\)"):
+    with pytest.raises(ValueError, match=r"candidate views differ in size \(candidate: size 0: 16x16, 1: 16x16, 2: 16x16, "
+                       r"3: 12x12\), and slot 1 of the scored pairs takes candidates of different sizes.*groups='interleaved'"):
         crit.select(views_of(sizes=[16, 16, 16, 12]), SimSiamNet())
 
 
@@ -824,8 +828,8 @@ def test_solo_interrupt_and_resume_gives_the_same_selections(tmp_path):
 # ===================================================================== bad input (issue 13 item 5)
 EMPTY = r"HVS got an empty batch \(0 samples in a candidate view\).*drop_last=True"
 NOT_TENSOR = r"candidate view 0 is a str, not a torch\.Tensor: HVS needs the N candidate views as tensors"
-ONE_SAMPLE = (r"HVS got a batch of 1 sample, but the model has BatchNorm in train mode \(.*\), which cannot "
-              r"normalise a single sample .*use drop_last=True in the DataLoader")
+ONE_SAMPLE_FALLBACK = (r"HVS could not score a batch \(a batch of 1 sample, and BatchNorm in train mode \(.*\) cannot "
+                       r"normalise a single sample\); it trains on a plain random pair instead.*drop_last=True")
 
 
 def test_core_bad_input_names_cause_and_fix():
@@ -841,8 +845,9 @@ def test_core_bad_input_names_cause_and_fix():
         sel.forward_views(net, views_of(m=0), 4)
     with pytest.raises(TypeError, match=NOT_TENSOR):
         sel.select(net, ["a.png"] * 4, pair_loss, [net])
-    with pytest.raises(ValueError, match=ONE_SAMPLE):
-        sel.select(net, views_of(m=1), pair_loss, [net])
+    with pytest.warns(HVSUnscorableWarning, match=ONE_SAMPLE_FALLBACK):  # trains on pair 0, counted
+        assert sel.select(net, views_of(m=1), pair_loss, [net]).index.tolist() == [0]
+    assert sel.unscorable.count == 1
     net.eval()  # eval-mode BatchNorm (running statistics) handles one sample: no error
     assert sel.select(net, views_of(m=1), pair_loss, [net]).index.shape == (1,)
     with pytest.raises(TypeError, match="must be a list of N tensors"):
@@ -865,10 +870,18 @@ def test_lightly_bad_input_names_cause_and_fix():
         dino.select(views_of(4, m=0) + views_of(4, m=0, size=8), student, modules=[net], epoch=0)
     with pytest.raises(TypeError, match=NOT_TENSOR):
         crit.select(["a.png", "b.png", "c.png", "d.png"], net)
-    with pytest.raises(ValueError, match=ONE_SAMPLE.replace(r"\(.*\)", r"\(backbone\.1\)")):
-        crit.select(views_of(m=1), net)
-    with pytest.raises(ValueError, match=ONE_SAMPLE):
-        dino.select(views_of(4, m=1) + views_of(4, m=1, size=8), student, modules=[net], epoch=0)
+    # 1 sample under train-mode BatchNorm: a plain pair (candidates 0 and 1), counted, one warning
+    one = views_of(m=1)
+    with pytest.warns(HVSUnscorableWarning, match=ONE_SAMPLE_FALLBACK):
+        x0, x1 = crit.select(one, net)
+    assert torch.equal(x0, one[0]) and torch.equal(x1, one[1]) and crit.unscorable_batches == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        crit.select(one, net)
+    assert crit.unscorable_batches == 2
+    with pytest.warns(HVSUnscorableWarning, match=ONE_SAMPLE_FALLBACK):
+        out = dino.select(views_of(4, m=1) + views_of(4, m=1, size=8), student, modules=[net], epoch=0)
+    assert len(out) == 4 and dino.unscorable_batches == 1
 
 
 @needs_mmselfsup

@@ -10,7 +10,6 @@ loop's normal training step. DINO multi-crop: :meth:`HVSLoss.select` returns DIN
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -25,151 +24,25 @@ from hvs_plugins import (
     dino_cross_entropy,
     gather_views,
     interleaved_groups,
-    negative_cosine_pair_losses,
-    ntxent_pair_losses,
+    per_sample_violations,
     select_min_iou,
+    reason_from_error,
     selection_stats,
+    unscorable_reason,
     warn_fallbacks,
 )
 from hvs_plugins.deferred import DeferredFallbackWarnings
 from hvs_plugins.devices import to_device
 
+from . import more_losses  # noqa: F401  registers DCL(W), MACL, TiCo, DirectCLR and the Barlow/VICReg proxies
 from .layer_score import check_score_layer, layer_pair_losses
 from .ibot import dino_teacher_temp
-from .methods import METHOD_NAMES, multicrop_method
+from .methods import multicrop_method
+from .registry import PairLossSpec, lookup, register_pair_loss, supported_losses  # noqa: F401 (public names)
+from .transforms import CandidateViews, asymmetric_candidates_in_use, check_multicrop_layout, layout_from_candidates
 from .target_reuse import check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs
 
 Forward = Callable[[torch.Tensor], Any]
-# fn(criterion, online_outputs, target_outputs, pairs) -> [P, M]; outputs are lists of [N, M, ...]
-PairLossFn = Callable[[nn.Module, list, Optional[list], torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class PairLossSpec:
-    """How HVS scores candidate pairs for one lightly loss class.
-
-    ``fn(criterion, online, target, pairs) -> [P, M]``: ``online`` / ``target`` are lists (one entry
-    per output of the forward) of stacked per-view outputs ``[N, M, ...]``; ``target`` is None when
-    no target/momentum forward was passed. ``ordered``: score ordered pairs (k → l and l → k
-    separately; asymmetric losses such as MoCo's query/key). ``pair_losses[p].mean()`` must equal
-    the loss of the training step on pair p.
-    """
-
-    fn: PairLossFn
-    ordered: Union[bool, Callable[[nn.Module], bool]] = False
-
-    def is_ordered(self, criterion: nn.Module) -> bool:
-        return bool(self.ordered(criterion)) if callable(self.ordered) else bool(self.ordered)
-
-
-_REGISTRY: dict[type, PairLossSpec] = {}
-
-
-def register_pair_loss(
-    loss_cls: type, fn: PairLossFn, ordered: Union[bool, Callable[[nn.Module], bool]] = False
-) -> None:
-    """Teach HVS a custom (or unsupported lightly) loss class: ``fn(criterion, online, target, pairs)``
-    returns the per-sample loss of every pair ``[P, M]`` (see :class:`PairLossSpec`)."""
-    if not isinstance(loss_cls, type):
-        raise TypeError(f"register_pair_loss needs a loss class, got {loss_cls!r}")
-    _REGISTRY[loss_cls] = PairLossSpec(fn, ordered)
-
-
-def supported_losses() -> list[str]:
-    return sorted({c.__name__ for c in _REGISTRY} | {"DINOLoss", *METHOD_NAMES})
-
-
-_HOW_TO_REGISTER = """\
-To use HVS with another loss, register its per-sample pair loss:
-
-    from hvs_plugins.adapters.lightly import register_pair_loss
-
-    def my_pair_loss(criterion, online, target, pairs):
-        # online[0]: [N views, M samples, D] outputs of model(x) for every candidate view
-        # (target: the same for the momentum/teacher forward, or None); pairs: [P, 2]
-        z = online[0]
-        return ((z[pairs[:, 0]] - z[pairs[:, 1]]) ** 2).sum(-1)   # [P, M]: per-sample loss of each pair
-
-    register_pair_loss({name}, my_pair_loss)
-
-Its mean over samples must equal your loss on that pair (HVS picks, per sample, the pair with
-the highest value)."""
-
-
-def lookup(criterion: nn.Module, proxy: bool = False) -> PairLossSpec:
-    for cls in type(criterion).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    from .more_losses import proxy_hint, proxy_spec  # BarlowTwins / VICReg: the labelled proxy, only when asked for
-
-    spec = proxy_spec(criterion, proxy)
-    if spec is not None:
-        return spec
-    name = type(criterion).__name__
-    raise NotImplementedError(
-        f"HVS has no per-sample loss for {name}. Supported lightly losses: "
-        f"{', '.join(supported_losses())}.\n" + proxy_hint(criterion) + _HOW_TO_REGISTER.format(name=name)
-    )
-
-
-# ---------------------------------------------------------------- built-in per-sample pair losses
-def _negative_cosine(criterion: nn.Module, online: list, target: Optional[list], pairs: torch.Tensor) -> torch.Tensor:
-    if target is not None:  # BYOL: online forward -> p, momentum forward -> z
-        return negative_cosine_pair_losses(online[-1], target[0], pairs)
-    if len(online) != 2:
-        raise ValueError(
-            "NegativeCosineSimilarity without a target network (SimSiam) needs model(x) to return "
-            f"(z, p) like lightly's SimSiam example; it returned {len(online)} tensor(s). For BYOL "
-            "pass the momentum forward too: select(views, model, model.forward_momentum)."
-        )
-    z, p = online
-    return negative_cosine_pair_losses(p, z, pairs)
-
-
-def _ntxent(criterion: nn.Module, online: list, target: Optional[list], pairs: torch.Tensor) -> torch.Tensor:
-    temperature = float(criterion.temperature)
-    bank_module = getattr(criterion, "memory_bank", None)
-    size = getattr(bank_module, "size", (0,))
-    if bank_module is not None and size and size[0] > 0:  # MoCo: negatives from the bank (read only)
-        bank = bank_module.bank
-        if bank.dim() != 2 or bank.shape[0] == 0:
-            raise ValueError(
-                "NTXentLoss memory bank is not initialised as [K, D]: create it with "
-                "memory_bank_size=(K, D) (lightly >= 1.5)"
-            )
-        if bank.shape[1] != online[0].shape[-1] and bank.shape[0] == online[0].shape[-1]:
-            bank = bank.t()
-        keys = target[0] if target is not None else None
-        return ntxent_pair_losses(online[0], pairs, temperature, keys=keys, memory_bank=bank, symmetric=False)
-    if target is not None:
-        raise ValueError(
-            "NTXentLoss without a memory bank (SimCLR) uses one network: call select(views, model) "
-            "without a target forward"
-        )
-    z = online[0]
-    if getattr(criterion, "gather_distributed", False) and torch.distributed.is_available() and torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-        if world > 1:
-            parts = [torch.empty_like(z) for _ in range(world)]
-            torch.distributed.all_gather(parts, z.contiguous())
-            rank = torch.distributed.get_rank()
-            return ntxent_pair_losses(z, pairs, temperature, all_embeddings=torch.cat(parts, 1), offset=rank * z.shape[1])
-    return ntxent_pair_losses(z, pairs, temperature)
-
-
-def _has_bank(criterion: nn.Module) -> bool:
-    size = getattr(getattr(criterion, "memory_bank", None), "size", (0,))
-    return bool(size) and size[0] > 0
-
-
-def _register_builtins() -> None:
-    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
-
-    register_pair_loss(NegativeCosineSimilarity, _negative_cosine)
-    register_pair_loss(NTXentLoss, _ntxent, ordered=_has_bank)
-
-
-_register_builtins()
 
 
 def _is_dino(criterion: nn.Module) -> bool:
@@ -189,25 +62,6 @@ def _owner_modules(fns: Sequence[Any]) -> list[nn.Module]:
         elif isinstance(getattr(fn, "__self__", None), nn.Module):
             out.append(fn.__self__)
     return out
-
-
-def _batch_coupled(modules: Sequence[nn.Module]) -> list[str]:
-    """Submodules whose train-mode output for a sample depends on the rest of the batch or on the
-    RNG (BatchNorm, dropout with p > 0): a teacher with them cannot hand its selection outputs to
-    the training step unchanged."""
-    found = []
-    for owner in modules:
-        for name, m in owner.named_modules():
-            if not m.training:
-                continue
-            where = name or type(owner).__name__
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                found.append(f"{where} ({type(m).__name__})")
-            elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-                found.append(f"{where} ({type(m).__name__}, p={m.p})")
-            elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-                found.append(f"{where} (MultiheadAttention, dropout={m.dropout})")
-    return found
 
 
 def _device_of(modules: Sequence[nn.Module]) -> Optional[torch.device]:
@@ -239,10 +93,14 @@ class HVSLoss(nn.Module):
     IBOTLoss — iBOT; DCLLoss, DCLWLoss, MACLLoss, TiCoLoss, DirectCLRLoss; or a registered class).
     Calling the wrapper is calling ``criterion`` (the training step is the host's own).
 
-    ``n_views``: candidates per sample for two-view methods (the paper: 4). ``groups``: for
+    ``candidates``: the :class:`CandidateViews` of the data loader; ``n_views`` and ``groups`` are
+    taken from it (one source: the recommended way). ``n_views``: candidates per sample for
+    two-view methods (default 4, the paper's). ``groups``: for
     asymmetric pipelines (BYOL's two view transforms) ``"interleaved"`` (what
     :class:`CandidateViews` emits: even candidates from transform 1, odd from transform 2; only
-    cross pairs are scored) or explicit index lists. DINO: ``n_global_candidates`` (4 = 2 per global
+    cross pairs are scored), ``"all"`` (every pair on purpose) or explicit index lists; ``None``
+    scores every pair, and is refused at the first selection with a momentum forward while a
+    two-pipeline ``CandidateViews`` (e.g. over ``BYOLTransform``) is in use. DINO: ``n_global_candidates`` (4 = 2 per global
     crop), ``cap`` combinations compared per batch (the paper: 128) or ``exact=True`` for the true
     argmax over all combinations, ``global_pairing`` ``"cross"`` (default) or ``"any"``.
     ``resolution_scale``, ``chunk_size``, ``autocast_dtype``, ``seed``: as core ``HardViewSelector``.
@@ -268,9 +126,10 @@ class HVSLoss(nn.Module):
     def __init__(
         self,
         criterion: nn.Module,
-        n_views: int = 4,
+        n_views: Optional[int] = None,
         groups: Union[None, str, Sequence[Sequence[int]]] = None,
         *,
+        candidates: Optional[CandidateViews] = None,
         n_global_candidates: int = 4,
         cap: int = DEFAULT_CAP,
         exact: bool = False,
@@ -291,6 +150,9 @@ class HVSLoss(nn.Module):
         super().__init__()
         if not isinstance(criterion, nn.Module):
             raise TypeError(f"HVSLoss wraps a lightly loss module, got {type(criterion).__name__}")
+        n_views, groups = layout_from_candidates(candidates, n_views, groups)
+        # groups=None with a two-pipeline CandidateViews in use is refused at the first selection
+        self._layout_unchecked = groups is None and candidates is None
         self.criterion = criterion
         self.is_dino = _is_dino(criterion)
         self.method = multicrop_method(criterion)  # SwAV, iBOT: methods.py
@@ -310,8 +172,10 @@ class HVSLoss(nn.Module):
             self.spec = lookup(criterion, proxy=proxy)
             if groups == "interleaved":
                 groups = interleaved_groups(n_views, 2)
+            elif groups == "all":  # every pair on purpose, also with two pipelines
+                groups = None
             elif isinstance(groups, str):
-                raise ValueError(f"groups must be None, 'interleaved' or index lists, got {groups!r}")
+                raise ValueError(f"groups must be None, 'interleaved', 'all' or index lists, got {groups!r}")
             self.selector = HardViewSelector(n_views=n_views, groups=groups, ordered=self.spec.is_ordered(criterion), **kw)
         self.scoring = "proxy" if getattr(self.spec, "proxy", False) else "exact"
         if proxy and self.scoring != "proxy":
@@ -430,7 +294,7 @@ class HVSLoss(nn.Module):
         ):  # (views, boxes) from CandidateViews(..., return_boxes=True)
             views, boxes = views
         mods = _owner_modules([model, target]) + [self.criterion] + list(modules)
-        # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
+        # empty batch, non-tensor views: errors naming the fix
         views = check_candidate_views(views, modules=mods, same_shape=False)
         device = _device_of(mods)
         if device is not None:
@@ -439,11 +303,37 @@ class HVSLoss(nn.Module):
             self._check_teacher_reuse(_owner_modules([target if target is not None else model]) or list(modules))
         if return_target_out:
             check_target_reuse(self, target, train_views)
+        active = self._active(epoch)
+        # a batch HVS cannot score (1 sample under train-mode BatchNorm) trains on a plain pair, counted
+        reason = unscorable_reason(views, mods) if active else None
+        if reason is not None:
+            self.selector.unscorable.record(reason, stacklevel=3)
+            active = False
+        kw = dict(epoch=epoch, teacher_temp=teacher_temp, modules=modules, boxes=boxes, return_teacher_out=return_teacher_out,
+                  return_target_out=return_target_out, queue=queue, masks=masks, train_views=train_views)
+        try:
+            return self._select(views, model, target, mods, device, active, **kw)
+        except ValueError as exc:  # e.g. a forward given as a lambda: its BatchNorm is found when it runs
+            reason = reason_from_error(exc) if active else None
+            if reason is None:
+                raise
+        self.selector.unscorable.record(reason, stacklevel=3)
+        return self._select(views, model, target, mods, device, False, **kw)
+
+    @property
+    def unscorable_batches(self) -> int:
+        """Batches trained on a plain random pair because they could not be scored (see ``hvs_plugins.unscorable``)."""
+        return self.selector.unscorable.count
+
+    def _select(self, views: list, model: Forward, target: Optional[Forward], mods: list, device: Any, active: bool, *,
+                epoch: Optional[int], teacher_temp: Optional[float], modules: Sequence[nn.Module], boxes: Optional[torch.Tensor],
+                return_teacher_out: bool, return_target_out: bool, queue: Any, masks: Any, train_views: Any) -> Any:
         if self.method is not None:  # SwaVLoss (queue=), IBOTLoss (masks=): see swav.py, ibot.py
-            return self.method.select(self, views, model, target, mods, active=self._active(epoch), epoch=epoch,
+            check_multicrop_layout(views, self.n_global_candidates, self.method.name)
+            return self.method.select(self, views, model, target, mods, active=active, epoch=epoch,
                                       teacher_temp=teacher_temp, queue=queue, masks=masks, boxes=boxes)
         if self.is_dino:
-            active = self._active(epoch)
+            check_multicrop_layout(views, self.n_global_candidates, "DINO")
             return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp,
                                      boxes, active, return_teacher_out)
         if len(views) != self.n_views:
@@ -467,7 +357,10 @@ class HVSLoss(nn.Module):
             if device is not None:
                 train_views = [to_device(v, device) for v in train_views]
         out_views = views if train_views is None else train_views
-        if not self._active(epoch):
+        if self._layout_unchecked and target is not None:
+            self._layout_unchecked = False
+            self._refuse_pipeline_mix()
+        if not active:
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
             if pair_fn is not None:
                 return self._built_pair(pair_fn, torch.tensor([[a, b]]).expand(views[0].shape[0], 2), device)
@@ -507,6 +400,17 @@ class HVSLoss(nn.Module):
             return self._built_pair(pair_fn, selection.chosen, device)
         return selection.gather(out_views)
 
+    def _refuse_pipeline_mix(self) -> None:
+        cv = asymmetric_candidates_in_use(self.n_views)
+        if cv is not None:
+            raise ValueError(
+                f"HVSLoss(groups=None) scores all {self.pairs.shape[0]} pairs of the {self.n_views} candidates, same-pipeline "
+                f"pairs included, but the loader's CandidateViews({cv.transform_name}) has two different view pipelines "
+                "(even candidates from view transform 1, odd from view transform 2), so the method's asymmetric "
+                "augmentation would be lost. Build the loss from the transform: HVSLoss(criterion, "
+                "candidates=candidate_views) (or groups='interleaved'); to score all pairs on purpose, pass groups='all'."
+            )
+
     @staticmethod
     def _built_pair(pair_fn: Callable, chosen: torch.Tensor, device: Optional[torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
         """``train_views`` given as a function of ``chosen: [M, 2]`` (e.g. ``StaticColourViews.colour_chosen``)."""
@@ -540,7 +444,7 @@ class HVSLoss(nn.Module):
                 "function: pass model.forward_teacher (a bound method) or the module, or list the teacher's "
                 "module in modules=[...]"
             )
-        coupled = _batch_coupled(teachers)
+        coupled = per_sample_violations(teachers)
         if coupled:
             raise ValueError(
                 "return_teacher_out=True needs a teacher whose output per sample does not depend on the "

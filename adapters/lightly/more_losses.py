@@ -3,7 +3,6 @@ TiCoLoss, DirectCLRLoss) and the labelled invariance proxy for BarlowTwinsLoss /
 (``HVSLoss(..., proxy=True)``; off by default). Importing the package registers them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 from hvs_plugins import dcl_pair_losses, invariance_proxy_pair_losses, macl_pair_losses, tico_pair_losses
 
-from .loss import PairLossSpec, _has_bank, _ntxent, register_pair_loss
+from .registry import _has_bank, _ntxent, register_pair_loss, register_proxy
 
 
 def _distributed_world(criterion: nn.Module) -> int:
@@ -88,35 +87,20 @@ def _register() -> None:
 _register()
 
 
-@dataclass
-class ProxyPairLossSpec(PairLossSpec):
-    """A pair loss that is a labelled proxy, not the host's loss (``HVSLoss.scoring == 'proxy'``)."""
+_PROXY_HINT = (
+    "{name} is not sample-decomposable (its variance/covariance or cross-correlation terms couple the batch), "
+    "so HVS cannot select with its exact objective. HVSLoss(criterion, proxy=True) selects with the labelled "
+    "invariance proxy (per-sample mean squared distance of the two embeddings; criterion.scoring == 'proxy'), "
+    "or train without HVS.\n"
+)
+PROXY_LOSSES = ["BarlowTwinsLoss", "VICRegLoss"]
 
-    proxy: bool = True
 
-
-def _is_proxy_loss(criterion: nn.Module) -> bool:
+def _register_proxies() -> None:
     from lightly.loss import BarlowTwinsLoss, VICRegLoss
 
-    return isinstance(criterion, (BarlowTwinsLoss, VICRegLoss))
+    for cls in (BarlowTwinsLoss, VICRegLoss):
+        register_proxy(cls, _invariance_proxy, _PROXY_HINT.format(name=cls.__name__))
 
 
-def proxy_spec(criterion: nn.Module, proxy: bool) -> Optional[PairLossSpec]:
-    """The labelled proxy for a loss without a per-sample form (BarlowTwinsLoss, VICRegLoss) when
-    ``proxy=True``; None otherwise (the caller then refuses with :func:`proxy_hint`)."""
-    return ProxyPairLossSpec(_invariance_proxy) if proxy and _is_proxy_loss(criterion) else None
-
-
-def proxy_hint(criterion: nn.Module) -> str:
-    """For the refusal of a proxy loss without ``proxy=True``: what is possible instead ("" otherwise)."""
-    if not _is_proxy_loss(criterion):
-        return ""
-    return (
-        f"{type(criterion).__name__} is not sample-decomposable (its variance/covariance or cross-correlation "
-        "terms couple the batch), so HVS cannot select with its exact objective. HVSLoss(criterion, proxy=True) "
-        "selects with the labelled invariance proxy (per-sample mean squared distance of the two embeddings; "
-        "criterion.scoring == 'proxy'), or train without HVS.\n"
-    )
-
-
-PROXY_LOSSES = ["BarlowTwinsLoss", "VICRegLoss"]
+_register_proxies()

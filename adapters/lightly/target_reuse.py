@@ -11,11 +11,12 @@ count against a BatchNorm-free momentum network.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+
+from hvs_plugins import modules_run, ran_violations  # noqa: F401 (modules_run: used by loss.py)
 
 
 def check_target_reuse(hvs: Any, target: Optional[Callable], train_views: Any) -> None:
@@ -40,37 +41,15 @@ def check_target_reuse(hvs: Any, target: Optional[Callable], train_views: Any) -
                          "outputs of the scoring views are not those of the training views)")
 
 
-@contextlib.contextmanager
-def modules_run() -> Iterator[list[nn.Module]]:
-    """Records every module called inside (the target forward's networks)."""
-    seen: list[nn.Module] = []
-    handle = nn.modules.module.register_module_forward_pre_hook(lambda mod, args: seen.append(mod))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
 def check_ran_modules(ran: list[nn.Module], names: dict[int, str]) -> None:
     """After the selection's target forward: refuse if a module it ran couples samples or draws
-    random numbers in train mode (BatchNorm, dropout with p > 0)."""
-    found: dict[int, str] = {}
-    for m in ran:
-        where = names.get(id(m), type(m).__name__)
-        if not m.training:
-            continue
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            found[id(m)] = f"{where} ({type(m).__name__})"
-        elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            found[id(m)] = f"{where} ({type(m).__name__}, p={m.p})"
-        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-            found[id(m)] = f"{where} (MultiheadAttention, dropout={m.dropout})"
+    random numbers in train mode (BatchNorm, dropout, drop-path with p > 0)."""
+    found = ran_violations(ran, names)
     if found:
-        found_ = list(found.values())
         raise ValueError(
             "return_target_out=True needs a momentum network whose output per sample does not depend on the batch "
             "or the RNG, so that its selection outputs equal those of the training step; in train mode it has: "
-            f"{', '.join(found_[:4])}{' ...' if len(found_) > 4 else ''}. Call select without return_target_out and "
+            f"{', '.join(found[:4])}{' ...' if len(found) > 4 else ''}. Call select without return_target_out and "
             "forward the momentum network on the selected views as before (or keep it in eval mode).")
 
 

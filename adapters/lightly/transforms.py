@@ -1,7 +1,8 @@
 """N-candidate versions of lightly's multi-view transforms, with crop-box recording."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import weakref
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -28,6 +29,8 @@ class CandidateViews:
 
     def __init__(self, transform: Any, n_views: int = 4, per_crop: int = 2, return_boxes: bool = False) -> None:
         ts = list(getattr(transform, "transforms", None) or [transform])
+        self.transform_name = type(transform).__name__
+        _LIVE.add(self)
         self.return_boxes = return_boxes
         self.multicrop = len(ts) > 2
         if self.multicrop:
@@ -69,6 +72,40 @@ class CandidateViews:
         return (views, boxes) if self.return_boxes else views
 
 
+# every CandidateViews alive in this process: HVSLoss(groups=None) checks that no two-pipeline one is
+# in use (the loader's transform is built in the main process, also with loader workers)
+_LIVE: "weakref.WeakSet[CandidateViews]" = weakref.WeakSet()
+
+
+def asymmetric_candidates_in_use(n_views: int) -> Optional[CandidateViews]:
+    """A live two-pipeline (two-view) CandidateViews with ``n_views`` candidates when no
+    one-pipeline one with that count is alive too (then the layout is ambiguous: no verdict)."""
+    live = [cv for cv in list(_LIVE) if not cv.multicrop and cv.n_views == n_views]
+    asym = [cv for cv in live if cv.groups is not None]
+    return asym[0] if asym and len(asym) == len(live) else None
+
+
+def layout_from_candidates(candidates: Optional[CandidateViews], n_views: Optional[int],
+                           groups: Union[None, str, Sequence[Sequence[int]]]) -> tuple[int, Any]:
+    """``(n_views, groups)`` for HVSLoss: from ``candidates`` (the loader's CandidateViews) when
+    given, refusing explicit values that disagree with it; else ``n_views`` (default 4) and ``groups``."""
+    if candidates is None:
+        return (4 if n_views is None else n_views), groups
+    if not isinstance(candidates, CandidateViews):
+        raise TypeError(f"candidates must be the loader's CandidateViews, got {type(candidates).__name__}")
+    if candidates.multicrop:
+        raise ValueError("candidates= sets the layout of two-view losses; a multi-crop CandidateViews (DINO, SwAV, "
+                         "iBOT) needs no layout: drop candidates=")
+    own = "interleaved" if candidates.groups is not None else None
+    if n_views is not None and n_views != candidates.n_views:
+        raise ValueError(f"HVSLoss(n_views={n_views}) disagrees with candidates (CandidateViews(..., n_views="
+                         f"{candidates.n_views})): drop n_views, the candidates set it")
+    if groups is not None and groups != own:
+        raise ValueError(f"HVSLoss(groups={groups!r}) disagrees with candidates ({candidates.transform_name}: "
+                         f"groups={own!r}): drop groups, the candidates set it")
+    return candidates.n_views, own
+
+
 class _Sequential:
     def __init__(self, parts: Sequence[CandidateTransform]) -> None:
         self.parts = list(parts)
@@ -88,3 +125,31 @@ def _unique(ts: Sequence[Any]) -> list[Any]:
         if not any(t is u for u in out):
             out.append(t)
     return out
+
+
+def _sizes(views: Sequence[torch.Tensor]) -> str:
+    """``"2 x 32x32, 6 x 16x16"``: runs of equal spatial sizes, in order."""
+    runs: list[list] = []
+    for v in views:
+        hw = "x".join(str(d) for d in v.shape[-2:])
+        if runs and runs[-1][1] == hw:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, hw])
+    return ", ".join(f"{n} x {hw}" for n, hw in runs)
+
+
+def check_multicrop_layout(views: Sequence[torch.Tensor], n_global: int, method: str) -> None:
+    """Multi-crop candidates (DINO, SwAV, iBOT) come as ``n_global`` global candidates of one size,
+    then 2 candidates per local crop of one size; anything else (typically the host's plain
+    transform, one view per crop) gets an error that says to wrap the transform."""
+    name = {"SwaVLoss": "SwAV", "IBOTLoss": "iBOT"}.get(method, method)
+    glob, loc = views[:n_global], views[n_global:]
+    bad = len({tuple(v.shape[1:]) for v in glob}) > 1 or len({tuple(v.shape[1:]) for v in loc}) > 1
+    if bad:
+        raise ValueError(
+            f"{name} HVS expects {n_global} global candidates (2 per global crop) of one size first, then 2 "
+            f"candidates per local crop; got {len(views)} views ({_sizes(views)}). The transform emits one view "
+            f"per crop (e.g. lightly's {'DINO' if name == 'DINO' else name}Transform: 2 global + n local crops): "
+            "wrap it with CandidateViews(transform), which emits 2 candidates per crop"
+        )
