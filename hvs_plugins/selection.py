@@ -178,7 +178,7 @@ def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple
                 f"candidate views differ in size (candidate: size {all_sizes}), and slot {j} of the scored pairs takes "
                 "candidates of different sizes, which cannot form one batch. With two pipelines of different sizes "
                 "(e.g. BYOLTransform with view 1 at 32 px and view 2 at 24 px) score cross pairs only: "
-                "HVSLoss(criterion, views=candidate_views) with the CandidateViews of the loader (or "
+                "HVSLoss(criterion, candidates=candidate_views) with the CandidateViews of the loader (or "
                 "groups='interleaved'), so that each slot takes one pipeline's candidates; otherwise give all "
                 "candidates one size"
             )

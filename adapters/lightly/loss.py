@@ -40,7 +40,10 @@ from .ibot import dino_teacher_temp
 from .methods import multicrop_method
 from .registry import PairLossSpec, lookup, register_pair_loss, supported_losses  # noqa: F401 (public names)
 from .transforms import CandidateViews, asymmetric_candidates_in_use, check_multicrop_layout, layout_from_candidates
-from .target_reuse import check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs
+from .target_reuse import (
+    check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs, refuse_stale_target,
+    watch_parameters,
+)
 
 Forward = Callable[[torch.Tensor], Any]
 
@@ -200,6 +203,7 @@ class HVSLoss(nn.Module):
         self.last_selection: Any = None
         self.last_stats: Any = None
         self.stats = stats
+        self._reuse_watch: Optional[list] = None  # momentum parameters whose outputs select() handed out
         self._deferred = DeferredFallbackWarnings()  # stats=False: fallback counts read without a sync
         # checkpoints look the same with and without HVS: the wrapped loss's entries (DINO center,
         # ...) keep their keys ('criterion.center', not 'criterion.criterion.center'), so a run
@@ -208,6 +212,9 @@ class HVSLoss(nn.Module):
         self._register_load_state_dict_pre_hook(_nest_criterion_keys, with_module=True)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._reuse_watch is not None:  # select(return_target_out=True) handed momentum outputs out
+            watch, self._reuse_watch = self._reuse_watch, None
+            refuse_stale_target(watch)
         return self.criterion(*args, **kwargs)
 
     @property
@@ -388,6 +395,7 @@ class HVSLoss(nn.Module):
                 losses = self.spec.fn(self.criterion, online, tgt, sel.pairs)
         if return_target_out:  # exact only if the momentum network it ran is per-sample (no BN / dropout)
             check_ran_modules(ran, {id(m): n for o in mods for n, m in o.named_modules() if n})
+            self._reuse_watch = watch_parameters(ran)  # checked at the loss call: no momentum update since
         if losses.shape != (sel.pairs.shape[0], views[0].shape[0]):
             raise ValueError(f"pair loss returned {list(losses.shape)}, expected [P={sel.pairs.shape[0]}, M={views[0].shape[0]}]")
         selection = sel.choose(losses)

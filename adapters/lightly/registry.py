@@ -134,7 +134,14 @@ def _ntxent(criterion: nn.Module, online: list, target: Optional[list], pairs: t
             )
         if bank.shape[1] != online[0].shape[-1] and bank.shape[0] == online[0].shape[-1]:
             bank = bank.t()
-        keys = target[0] if target is not None else None
+        if target is None:  # the keys would silently come from the online network
+            raise ValueError(
+                f"{type(criterion).__name__} with a memory bank (MoCo) compares each query with the key of the momentum "
+                "network, but select() got no momentum forward: call select(views, model, model.forward_momentum) "
+                "(the forward that makes the keys of your training step). If your keys do come from the online "
+                "network (no momentum encoder), pass it as the target: select(views, model, model)."
+            )
+        keys = target[0]
         return ntxent_pair_losses(online[0], pairs, temperature, keys=keys, memory_bank=bank, symmetric=False)
     if target is not None:
         raise ValueError(

@@ -11,6 +11,7 @@ count against a BatchNorm-free momentum network.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -51,6 +52,28 @@ def check_ran_modules(ran: list[nn.Module], names: dict[int, str]) -> None:
             "or the RNG, so that its selection outputs equal those of the training step; in train mode it has: "
             f"{', '.join(found[:4])}{' ...' if len(found) > 4 else ''}. Call select without return_target_out and "
             "forward the momentum network on the selected views as before (or keep it in eval mode).")
+
+
+def watch_parameters(ran: list[nn.Module]) -> list[tuple[weakref.ref, int, int]]:
+    """``(weak reference, version, data_ptr)`` of the parameters of the modules the target forward
+    ran (weak: a deep copy of the loss keeps watching the same network)."""
+    seen: dict[int, tuple[weakref.ref, int, int]] = {}
+    for m in ran:
+        for p in m.parameters(recurse=False):
+            seen.setdefault(id(p), (weakref.ref(p), p._version, p.data_ptr()))
+    return list(seen.values())
+
+
+def refuse_stale_target(watch: list[tuple[weakref.ref, int, int]]) -> None:
+    """At the loss call after ``select(return_target_out=True)``: the momentum network must not have
+    changed since (lightly's ``update_momentum`` writes in place), else the reused outputs are stale."""
+    params = [(ref(), v, ptr) for ref, v, ptr in watch]
+    if any(p is not None and (p._version != v or p.data_ptr() != ptr) for p, v, ptr in params):
+        raise ValueError(
+            "return_target_out=True: the momentum network changed between select() and the loss (update_momentum "
+            "ran after select), so the momentum outputs select() returned are those of the previous weights. Call "
+            "select(..., return_target_out=True) after update_momentum, where the training step's momentum forward was."
+        )
 
 
 def chosen_target_outputs(target_out: list[torch.Tensor], chosen: torch.Tensor) -> tuple[Any, Any]:
