@@ -218,13 +218,12 @@ class ViewGenerator(nn.Module):
     def forward(self, x: torch.Tensor, eps: float) -> torch.Tensor:
         _check_views(x, self.channels)
         _check_eps(eps, "eps")
-        mean, std = self.mean.to(x.dtype), self.std.to(x.dtype)
-        x01 = x * std + mean
-        delta = budget_perturbation(self.net(x, self._rng(x.device)), eps)  # the net sees the normalised view
+        x01 = x.float() * self.std + self.mean  # the budget in float32, also under autocast
+        delta = budget_perturbation(self.net(x, self._rng(x.device)).float(), eps)  # the net sees the normalised view
         out01 = (x01 + delta).clamp(0.0, 1.0)
         self.last_delta = mean_abs_per_sample(delta.detach())
         self.last_realised = mean_abs_per_sample(out01.detach() - x01)
-        return (out01 - mean) / std
+        return ((out01 - self.mean) / self.std).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- schedule, stats
@@ -264,7 +263,8 @@ class GeneratorStats:
     """For logging: ``eps`` the current budget; ``delta`` / ``realised`` mean ``mean|δ|`` per image of
     the last call before / after the clamp to [0, 1]; ``loss`` the generator's last loss
     (``-reverse_scale ·`` host loss given to ``step``); ``hardness_gap`` host loss on generated views
-    minus host loss on the input views (when both were given); ``steps`` generator updates so far."""
+    minus host loss on the input views (when both were given); ``steps`` generator updates so far, ``skipped`` updates skipped for
+    non-finite gradients."""
 
     eps: float
     delta: Optional[float] = None
@@ -272,6 +272,7 @@ class GeneratorStats:
     loss: Optional[float] = None
     hardness_gap: Optional[float] = None
     steps: int = 0
+    skipped: int = 0
 
     def as_dict(self, prefix: str = "generator/") -> dict[str, float]:
         return {prefix + k: float(v) for k, v in asdict(self).items() if v is not None}
@@ -390,6 +391,7 @@ class HardViewGenerator:
         self.channels = channels
         self.epoch: float = 0
         self.steps = 0
+        self.skipped = 0  # steps skipped for non-finite gradients
         self.last_loss: Optional[torch.Tensor] = None
 
     # -- construction from a config dict
@@ -514,8 +516,11 @@ class HardViewGenerator:
 
     def step(self, loss: Optional[torch.Tensor] = None) -> None:
         """The generator's update: call after the host's ``loss.backward()`` (and ``optimizer.step()``).
-        Averages its gradients over DDP ranks, steps its Adam and zeroes its gradients. ``loss``
-        (optional): the host loss, recorded as the generator's loss ``-λ · loss`` for :meth:`stats`."""
+        Averages its gradients over DDP ranks, steps its Adam and zeroes its gradients; a step with
+        non-finite gradients is skipped (counted in ``skipped``; reads one flag back, a sync on GPU).
+        With AMP the gradients arrive multiplied by the loss scale: Adam is invariant to that scale
+        (up to its ``eps``). ``loss`` (optional): the host loss, recorded as the generator's loss
+        ``-λ · loss`` for :meth:`stats`."""
         if loss is not None:
             self.last_loss = -self.reverse_scale * loss.detach()
         if not self.enabled:
@@ -527,6 +532,11 @@ class HardViewGenerator:
                           "loss and call gen.step() after loss.backward()", stacklevel=2)
             return
         self._average_grads_over_ranks()
+        grads = [p.grad for p in self.networks.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([g.isfinite().all() for g in grads]).all()):
+            self.skipped += 1  # inf/nan (e.g. an AMP overflow step): skip, as GradScaler does; same on every rank
+            self.zero_grad()
+            return
         self.optimizer.step()
         self.zero_grad()
         self.steps += 1
@@ -545,6 +555,7 @@ class HardViewGenerator:
             loss=float(self.last_loss) if self.last_loss is not None else None,
             hardness_gap=gap,
             steps=self.steps,
+            skipped=self.skipped,
         )
 
     # -- checkpointing
@@ -559,7 +570,7 @@ class HardViewGenerator:
     def state_dict(self) -> dict:
         """Weights (with the noise-stream positions), Adam state, schedule position, step count."""
         return {"networks": self.networks.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "steps": self.steps, "shared": self.shared}
+                "epoch": self.epoch, "steps": self.steps, "skipped": self.skipped, "shared": self.shared}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if bool(state.get("shared", self.shared)) != self.shared:
@@ -567,7 +578,7 @@ class HardViewGenerator:
                              f"shared={self.shared}: build it with shared={state['shared']}")
         self.networks.load_state_dict(state["networks"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.steps = state["epoch"], int(state["steps"])
+        self.epoch, self.steps, self.skipped = state["epoch"], int(state["steps"]), int(state.get("skipped", 0))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(eps={self.eps:g}, shared={self.shared}, steps={self.steps}, "

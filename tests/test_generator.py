@@ -182,6 +182,28 @@ def test_no_reversal_node_without_grad_and_disabled_passthrough():
         small().step()
 
 
+def test_non_finite_gradients_skip_the_step():
+    gen = small()
+    x = images(2)
+    a, _ = gen(x, x)
+    a.sum().backward()
+    next(iter(gen.parameters())).grad.view(-1)[0] = float("inf")
+    before = [p.detach().clone() for p in gen.parameters()]
+    gen.step()
+    assert gen.skipped == 1 and gen.steps == 0 and gen.stats().skipped == 1
+    assert all(torch.equal(p, q) for p, q in zip(before, gen.parameters()))
+    assert all(p.grad is None for p in gen.parameters())
+
+
+def test_budget_in_float32_under_autocast():
+    gen = small(eps=0.05)
+    x = images(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gen.generate(x)
+    assert out.dtype == x.dtype
+    assert torch.allclose(gen.networks[0].last_delta, torch.full((2,), 0.05), atol=1e-5, rtol=0)
+
+
 # ----------------------------------------------------------------------------- schedule, stats
 def test_schedule_values():
     gen = small(eps_start=0.02, eps_end=0.1, ramp_epochs=4)

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import torch
+
 from hvs_plugins.generator import IMAGENET_MEAN, IMAGENET_STD
 from hvs_plugins.generator import HardViewGenerator as _CoreGenerator
 
@@ -67,13 +69,17 @@ def normalize_of(transform: Any) -> Optional[dict]:
         if type(obj).__name__ == "Normalize" and hasattr(obj, "mean") and hasattr(obj, "std"):
             found.append({"mean": [float(v) for v in obj.mean], "std": [float(v) for v in obj.std]})
             return
-        children: list = []
-        for name in ("transforms", "transform", "view_transform", "base", "transform_a", "transform_b"):
-            child = getattr(obj, name, None)
-            if child is not None:
-                children += list(child) if isinstance(child, (list, tuple)) else [child]
+        if isinstance(obj, (list, tuple)):
+            children = list(obj)
+        elif isinstance(obj, dict):
+            children = list(obj.values())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.Tensor)):
+            children = list(vars(obj).values())  # wrapped transforms, Compose lists, ...
+        else:
+            return
         for child in children:
-            walk(child, depth + 1)
+            if not isinstance(child, (str, bytes, int, float, bool, type(None), torch.Tensor)):
+                walk(child, depth + 1)
 
     walk(transform)
     if len({(tuple(f["mean"]), tuple(f["std"])) for f in found}) > 1:
