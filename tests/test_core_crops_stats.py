@@ -77,3 +77,16 @@ def test_candidate_transform_pickles_for_spawned_workers():
     views, boxes = clone(torch.rand(3, 20, 20))
     assert len(views) == 2 and bool(torch.isfinite(boxes).all())
     assert type(clone.recorders[0]) is type(ct.recorders[0])
+
+
+def test_select_min_iou_takes_the_least_overlapping_pair():
+    from hvs_plugins import all_pairs, pair_ious, select_min_iou
+
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.rand(16, 4, 4, generator=gen) * 0.5  # [M, N, 4]: top, left in [0, .5), h, w
+    boxes[..., 2:] += 0.1
+    pairs = all_pairs(4)
+    sel = select_min_iou(boxes, pairs)
+    ious = pair_ious(boxes, pairs)  # [P, M]
+    assert torch.equal(ious.gather(0, sel.index.unsqueeze(0)).squeeze(0), ious.min(0).values)
+    assert torch.equal(sel.pair_losses, -ious)

@@ -111,3 +111,26 @@ def test_demo_defaults_are_the_studys_default_cell(effect):
     assert s["knn_baseline"] == fmt(d["knn_baseline"]) and s["knn_hvs"] == fmt(d["knn_hvs"])
     assert s["knn_baseline_compute_matched"] == fmt(d["knn_baseline_compute_matched"])
     assert s["lowest_iou_fraction"] == fmt(d["lowest_iou_fraction"])
+
+
+def test_tiny_budget_study_writes_the_checked_format(tmp_path):
+    """benchmarks/effect_budget.py (issue 19): effect.json["budget"] = {data: {arm: {epochs: {"knn": [3 floats],
+    "compute": float}}}}, the real compute-matched baseline at the longest budget, and the figure."""
+    spec = importlib.util.spec_from_file_location("hvs_effect_budget", ROOT / "benchmarks" / "effect_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--tiny", "--data", "muted", "--arms", "baseline", "hvs", "min_iou", "matched", "--epochs", "24", "48",
+              "--seeds", "0", "1", "2", "--longest", "48", "--procs", "2", "--out", str(tmp_path)])
+    budget = json.loads((tmp_path / "effect.json").read_text())["budget"]
+    assert set(budget) == {"muted"} and set(budget["muted"]) == {"baseline", "hvs", "min_iou", "matched"}
+    for arm in ("baseline", "hvs", "min_iou"):
+        assert set(budget["muted"][arm]) == {"24", "48"}
+        for cell in budget["muted"][arm].values():
+            assert len(cell["knn"]) == 3 and all(0 <= k <= 1 for k in cell["knn"]) and isinstance(cell["compute"], float)
+    hvs, base = budget["muted"]["hvs"]["48"], budget["muted"]["baseline"]["48"]
+    assert hvs["compute"] > base["compute"] == 2.0  # tiny: 48 -> 2 epochs; HVS costs more per step
+    assert budget["muted"]["min_iou"]["24"]["lowest_iou_fraction"] == [1.0, 1.0, 1.0]  # by construction
+    assert budget["muted"]["matched"]["48"]["epochs_run"] == round(hvs["compute"])
+    assert (tmp_path / "effect_budget.png").stat().st_size > 0
+    assert mod.matched_from_curve(budget["muted"]["baseline"], 1.5) is not None
+    assert mod.matched_from_curve(budget["muted"]["baseline"], 100.0) is None  # outside the curve

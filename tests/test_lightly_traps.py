@@ -234,3 +234,31 @@ def test_simclr_transform_with_candidates_keeps_all_pairs():
     cv = CandidateViews(SimCLRTransform(input_size=16, gaussian_blur=0.0), n_views=4)
     crit = HVSLoss(NTXentLoss(), candidates=cv)
     assert crit.pairs.shape[0] == 6
+
+
+# ---------------------------------------------------------------- issue 19: the geometric control
+def test_select_by_min_iou_runs_no_forward_and_takes_the_lowest_iou_pair():
+    from hvs_plugins import pair_ious
+
+    cv = CandidateViews(SimCLRTransform(input_size=16, gaussian_blur=0.0), n_views=4, return_boxes=True)
+    items = [cv(im) for im in images(8)]
+    views = collate([it[0] for it in items])
+    boxes = torch.stack([it[1] for it in items])  # [M, N, 4]
+
+    def no_forward(x):
+        raise AssertionError("min_iou must not run the model")
+
+    crit = HVSLoss(NTXentLoss(), candidates=cv, select_by="min_iou")
+    assert crit.scoring == "geometric"
+    x0, x1 = crit.select(views, no_forward, boxes=boxes)
+    ious = pair_ious(boxes, crit.pairs)
+    chosen = crit.last_selection.index
+    assert torch.equal(ious.gather(0, chosen.unsqueeze(0)).squeeze(0), ious.min(0).values)
+    assert crit.last_stats.lowest_iou_fraction == 1.0 and x0.shape == (8, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"select_by='min_iou' needs the crop boxes: CandidateViews\(transform, "
+                       r"return_boxes=True\)"):
+        crit.select(views, no_forward)
+    with pytest.raises(ValueError, match=r"select_by must be 'loss' \(HVS\) or 'min_iou'"):
+        HVSLoss(NTXentLoss(), select_by="iou")
+    with pytest.raises(ValueError, match=r"select_by='min_iou' is for two-view losses"):
+        HVSLoss(DINOLoss(output_dim=16), select_by="min_iou")
