@@ -204,6 +204,27 @@ def test_budget_in_float32_under_autocast():
     assert torch.allclose(gen.networks[0].last_delta, torch.full((2,), 0.05), atol=1e-5, rtol=0)
 
 
+def test_on_the_device(device):
+    """The generator follows its input to the device (weights and Adam state), draws its noise from
+    its own generator there (reproducible, global CPU/CUDA RNG untouched) and keeps the budget."""
+    x = images(3).to(device)
+    cpu_rng = torch.random.get_rng_state().clone()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    gen = small(eps=0.1)
+    for _ in range(2):
+        a, b = gen(x, x)
+        (a.pow(2).mean() - b.mean()).backward()
+        gen.step()
+    assert gen.device.type == device.type and a.device.type == device.type
+    assert all(v.device.type == device.type for st in gen.optimizer.state.values() for k, v in st.items() if k != "step")
+    assert torch.allclose(gen.networks[0].last_delta.cpu(), torch.full((3,), 0.1), atol=1e-5, rtol=0)
+    assert torch.equal(torch.random.get_rng_state(), cpu_rng)
+    if cuda_rng is not None:
+        assert all(torch.equal(u, v) for u, v in zip(torch.cuda.get_rng_state_all(), cuda_rng))
+        again = small(eps=0.1)
+        assert torch.equal(again(x, x)[0], small(eps=0.1)(x, x)[0])  # reproducible on the device too
+
+
 # ----------------------------------------------------------------------------- schedule, stats
 def test_schedule_values():
     gen = small(eps_start=0.02, eps_end=0.1, ramp_epochs=4)

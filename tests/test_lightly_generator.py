@@ -322,6 +322,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~10 s: one interpreter importing torch + lightly, then 2 forked gloo workers
 def test_ddp_two_processes_generator_parameters_identical(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(_free_port()), PYTHONWARNINGS="ignore",
