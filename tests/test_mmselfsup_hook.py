@@ -503,6 +503,8 @@ def test_barlowtwins_needs_proxy_and_logs_it_as_proxy(tmp_path):
     model, hook = runner.model, _hook(runner)
     scalars = runner.message_hub.log_scalars
     assert runner.iter == 2 and "train/hvs_proxy/selected_loss" in scalars and "train/hvs/selected_loss" not in scalars
+    # every scalar of a proxy run is labelled as such, its time included (issue 18: was hvs/time)
+    assert "train/hvs_proxy/time" in scalars and not [k for k in scalars if k.startswith("train/hvs/")]
     batch = _batch(runner)
     raw = list(batch["inputs"])
     before, rng = _state(model), torch.get_rng_state()

@@ -34,6 +34,8 @@ def test_runs_and_logs_as_approximate(simsiam):
     assert simsiam.iter == 2
     scalars = simsiam.message_hub.log_scalars
     assert "train/hvs_layer/selected_loss" in scalars and "train/hvs/selected_loss" not in scalars
+    # every scalar of an approximate run carries the label, its time included (issue 18)
+    assert "train/hvs_layer/time" in scalars and not [k for k in scalars if k.startswith("train/hvs/")]
 
 
 def test_agrees_with_core_and_leaves_state_untouched(simsiam):

@@ -113,3 +113,22 @@ def test_unsupported_algorithm_is_refused(tmp_path):
 def test_inexact_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         HardViewSelectionHook(reuse_target=True, **options)
+
+
+def test_refusal_uses_the_core_per_sample_scan():
+    """The hook's scan is the core's (issue 18): e.g. torchvision's StochasticDepth in train mode,
+    which the adapter's own scan missed, is refused with the same wording."""
+    from mmengine.model import ExponentialMovingAverage
+    from torchvision.ops import StochasticDepth
+
+    import hvs_plugins.per_sample
+    from hvs_plugins.adapters.mmselfsup import target_reuse
+
+    assert target_reuse.per_sample_violations is hvs_plugins.per_sample.per_sample_violations
+    model = torch.nn.Module()
+    model.target_net = ExponentialMovingAverage(torch.nn.Sequential(torch.nn.Linear(4, 4), StochasticDepth(0.1, "row")))
+    with pytest.raises(ValueError, match=r"not exact for this BYOL: its momentum network \(target_net\) has 1 "
+                                         r"module\(s\) .*: module\.1 \(StochasticDepth, p=0\.1\)"):
+        target_reuse.check_reuse_model("BYOL", model)
+    model.target_net.eval()  # eval mode: per-sample and deterministic, accepted
+    assert target_reuse.check_reuse_model("BYOL", model) is model.target_net

@@ -894,8 +894,21 @@ def test_mmselfsup_bad_input_names_cause_and_fix(tmp_path):
         hook.before_train_iter(runner, 0, {"inputs": raw(0), "data_samples": []})
     with pytest.raises(TypeError, match=NOT_TENSOR):
         hook.before_train_iter(runner, 0, {"inputs": ["a.png"] * 4, "data_samples": []})
-    with pytest.raises(ValueError, match=ONE_SAMPLE):
-        hook.before_train_iter(runner, 0, {"inputs": raw(1), "data_samples": [None]})
+    # 1 sample under train-mode BatchNorm (the last batch of an epoch without drop_last): not an
+    # error any more (issue 18) but a plain pair (candidate pair 0), counted and warned about once
+    one = [torch.full((1, 3, 16, 16), k, dtype=torch.uint8) for k in range(4)]
+    batch = {"inputs": one, "data_samples": [None]}
+    with pytest.warns(HVSUnscorableWarning, match=ONE_SAMPLE_FALLBACK):
+        hook.before_train_iter(runner, 0, batch)
+    a, b = hook.selector.pairs[0].tolist()
+    assert len(batch["inputs"]) == 2 and batch["inputs"][0] is one[a] and batch["inputs"][1] is one[b]
+    assert hook.selector.unscorable.count == 1
+    assert runner.message_hub.get_scalar("train/hvs/unscorable_batches").current() == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HVSUnscorableWarning)  # once only
+        hook.before_train_iter(runner, 0, {"inputs": list(one), "data_samples": [None]})
+    assert hook.selector.unscorable.count == 2
+    assert runner.message_hub.get_scalar("train/hvs/unscorable_batches").current() == 2.0
 
 
 @needs_solo

@@ -20,6 +20,8 @@ the selection's momentum outputs of the chosen views; ``target_reuse.py``).
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import time
 from typing import Optional, Sequence, Union
@@ -38,6 +40,7 @@ from hvs_plugins import (
     selection_stats,
     warn_fallbacks,
 )
+from hvs_plugins.unscorable import reason_from_error, unscorable_reason
 
 from .scoring import PROXY, SUPPORTED, check_score_layer, check_supported, layer_pair_losses, score_pairs
 from .swav import swav_loss_module, swav_multicrop_ce
@@ -75,6 +78,26 @@ def find_multiviews(dataset) -> list:
     return found
 
 
+def hook_options() -> list[str]:
+    """The option names ``HardViewSelectionHook`` accepts (its constructor's keyword arguments)."""
+    params = inspect.signature(HardViewSelectionHook.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+
+
+def unknown_options_message(unknown) -> str:
+    """The error for option names the hook does not know: each with the closest valid name, if
+    any, and the list of valid names."""
+    valid = hook_options()
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        f"HardViewSelectionHook got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}. "
+        f"Valid options: {', '.join(valid)} (see help(HardViewSelectionHook) for what each does)"
+    )
+
+
 class HardViewSelectionHook(Hook):
     """Hard View Selection (Ferreira et al., 2023) as an mmengine hook.
 
@@ -93,9 +116,13 @@ class HardViewSelectionHook(Hook):
             (default) repeats that per pair (exact scores, P forwards of 2B views), False scores
             each view alone (N forwards of B views; approximate).
         seed: seed of the selector's own generator (only used for all-non-finite fallbacks).
-        log_stats: put ``hvs/*`` scalars into the MessageHub (and so the log).
+        log_stats: put ``hvs/*`` scalars into the MessageHub (and so the log): ``selected_loss``,
+            ``pair_loss``, ``hardness_gap``, ``fallbacks``, ``time`` (SwAV multi-crop: and
+            ``combinations``; reuse_target: ``target_reused``; after a batch it could not score:
+            ``unscorable_batches``, the running count).
         proxy: allow BarlowTwins, scored with the labelled invariance proxy (it has no per-sample
-            loss); its scalars are logged as ``hvs_proxy/*``.
+            loss); all its scalars (``time`` and ``unscorable_batches`` included) are logged as
+            ``hvs_proxy/*``.
         cap / exact: SwAV multi-crop (``MultiView num_views=[n_views, 2 * n_local]``): combinations
             compared per batch (the paper: 128), or the true argmax over all of them.
         score_layer: APPROXIMATE two-view scoring (e.g. ``'backbone.layer1'``, ``'backbone.layer2'``,
@@ -104,11 +131,18 @@ class HardViewSelectionHook(Hook):
             the pair can differ from the exact selection). Names are the model's modules on its
             online path (backbone, neck, head.predictor); scalars are logged as ``hvs_layer/*``.
             Not for SwAV multi-crop nor with ``proxy=True``. None (default): exact scoring.
+            All scalars of such a run are logged as ``hvs_layer/*``.
         reuse_target: BYOL / MoCoV3: hand the momentum network's selection outputs of the chosen views
             to ``loss()``, which then skips its momentum forward (see ``target_reuse.py``). Only where
             that is exact: full resolution, float32, no score_layer / proxy, and a momentum network
             without BatchNorm or dropout in train mode; refused with the reason otherwise (the
             standard ResNet + BatchNorm-neck configs are refused).
+
+    An unknown option raises a TypeError naming it, the closest valid name and every valid one.
+    A batch the selection forward cannot score (1 sample while the model has BatchNorm in train
+    mode: the last batch of an epoch without ``drop_last``) trains on a plain random pair, as on
+    the schedule's off-steps; it is counted (``unscorable_batches``, kept in the checkpoint) and
+    warned about once (``HVSUnscorableWarning``).
     """
 
     priority = "NORMAL"
@@ -131,7 +165,10 @@ class HardViewSelectionHook(Hook):
         exact: bool = False,
         score_layer: Optional[str] = None,
         reuse_target: bool = False,
+        **unknown,
     ) -> None:
+        if unknown:  # a misspelt option (e.g. from a config dict): name it, list the valid ones
+            raise TypeError(unknown_options_message(unknown))
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype, None)
             if not isinstance(autocast_dtype, torch.dtype):
@@ -172,6 +209,7 @@ class HardViewSelectionHook(Hook):
         self.algorithm: Optional[str] = None
         self.groups: Optional[list[list[int]]] = None
         self._pending_state: Optional[dict] = None
+        self._unscorable_logged = False
         self.last_selection = None  # the latest Selection (for inspection and tests)
 
     # ------------------------------------------------------------------ setup
@@ -214,7 +252,7 @@ class HardViewSelectionHook(Hook):
             joint_views=self.joint_views, autocast_dtype=self.autocast_dtype, seed=self.seed,
         )
         if self._pending_state is not None:
-            self.selector.load_state_dict(self._pending_state)
+            self._load_selector_state(self._pending_state)
             self._pending_state = None
         if self.space is not None:
             what = (f"{self.n_views} global + {2 * self._swav_n_local} local candidate views, "
@@ -248,16 +286,7 @@ class HardViewSelectionHook(Hook):
             self._swav_num_views = num_views
             return None
         if sum(num_views) != self.n_views:
-            fix = (
-                f"num_views={self.n_views}" if len(num_views) == 1
-                else f"num_views=[{self.n_views // 2}, {self.n_views // 2}]"
-            )
-            raise ValueError(
-                f"HardViewSelectionHook(n_views={self.n_views}) needs {self.n_views} candidate views "
-                f"per image, but the train pipeline's MultiView makes num_views={views[0].num_views} "
-                f"(= {sum(num_views)}). Set {fix} in MultiView (train_dataloader.dataset.pipeline), "
-                f"or n_views={sum(num_views)} in the hook."
-            )
+            raise ValueError(self._view_count_message(views[0].num_views))
         if len(num_views) == 1:
             return None
         if len(num_views) == 2:
@@ -269,6 +298,30 @@ class HardViewSelectionHook(Hook):
             f"augmentation), got {len(num_views)} pipelines (num_views={num_views}); multi-crop "
             "layouts are not supported by this hook"
         )
+
+    def _view_count_message(self, made) -> str:
+        """The error for a MultiView whose view count differs from n_views, naming fixes that work:
+        with two (asymmetric) pipelines the candidates are split evenly, so n_views must be even."""
+        n, num_views = self.n_views, list(made)
+        have = sum(num_views)
+        head = (f"HardViewSelectionHook(n_views={n}) needs {n} candidate views per image, but the train "
+                f"pipeline's MultiView makes num_views={made} (= {have}). ")
+        where = "in MultiView (train_dataloader.dataset.pipeline)"
+        if len(num_views) != 2:
+            return head + f"Set num_views={n} {where}, or n_views={have} in the hook."
+        if n % 2 == 0:
+            return head + f"Set num_views=[{n // 2}, {n // 2}] {where}, or n_views={have} in the hook."
+        # odd n_views: two pipelines cannot each make n/2 candidates
+        fixes = []
+        if have % 2 == 0:
+            fixes.append(f"n_views={have} in the hook (it matches num_views={made})")
+        for even in (n + 1, n - 1):
+            if even >= 2 and even != have:
+                fixes.append(f"n_views={even} in the hook with num_views=[{even // 2}, {even // 2}] in MultiView"
+                             + (" (a single pair: nothing to select)" if even == 2 else ""))
+        return (head + f"With two pipelines (asymmetric augmentation, e.g. BYOL / MoCo v3) the candidates are "
+                f"split evenly between them (num_views=[n_views / 2, n_views / 2]), so n_views must be even "
+                f"(the paper: 4): use " + ", or ".join(fixes) + ". MultiView is in train_dataloader.dataset.pipeline.")
 
     def _setup_swav(self, model) -> None:
         """SwAV: two views (``num_crops=[2]``, pairs) or multi-crop (``num_crops=[2, n]``, 2
@@ -314,30 +367,40 @@ class HardViewSelectionHook(Hook):
         model = _unwrap(runner.model)
         if self.reuse is not None:
             self.reuse.remove()  # a cache left by a step that raised never serves another batch
-        # empty batch, non-tensor views, 1 sample under train-mode BatchNorm: errors naming the fix
+        # empty batch, non-tensor views: errors naming the fix
         check_candidate_views(inputs[: self.n_views], self.n_views, modules=[model])
         if self.space is not None:
             check_candidate_views(inputs[self.n_views:], modules=[model])
         step = runner.iter if hasattr(runner, "iter") else batch_idx
         if not self.schedule.active(step, getattr(runner, "epoch", 0)):
-            a, b = self.selector.pairs[0].tolist()
-            data_batch["inputs"] = [inputs[a], inputs[b]] + list(inputs[self.n_views:: 2] if self.space else [])
+            self._plain_pair(data_batch, inputs)
             return
+        # a batch the selection forward cannot score (1 sample under train-mode BatchNorm: the last
+        # batch of an epoch without drop_last) trains on a plain pair, counted, as the host would
+        reason = unscorable_reason(list(inputs[: self.n_views]), [model])
+        if reason is not None:
+            return self._train_unscorable(runner, data_batch, inputs, reason)
         if self.space is not None:
             return self._select_multicrop(runner, model, data_batch, list(inputs))
         start = time.perf_counter()
         keep: dict = {}
         # reuse_target: the momentum network at the weights loss() will use this step (a shadow copy)
         shadow = self.reuse.prepare(model) if self.reuse is not None else None
-        with self.selector.scoring([model] + ([shadow] if shadow is not None else [])):
-            views = self._preprocess(model, list(inputs))
-            if self.score_layer is not None:  # APPROXIMATE: online activations after that module
-                losses = layer_pair_losses(model, self.selector, views, self.score_layer)
-            elif shadow is not None:
-                losses = score_pairs(self.algorithm, model, self.selector, views, target=shadow, keep=keep)
-            else:
-                losses = score_pairs(self.algorithm, model, self.selector, views,
-                                     simclr_pair_forward=self.simclr_pair_forward)
+        try:
+            with self.selector.scoring([model] + ([shadow] if shadow is not None else [])):
+                views = self._preprocess(model, list(inputs))
+                if self.score_layer is not None:  # APPROXIMATE: online activations after that module
+                    losses = layer_pair_losses(model, self.selector, views, self.score_layer)
+                elif shadow is not None:
+                    losses = score_pairs(self.algorithm, model, self.selector, views, target=shadow, keep=keep)
+                else:
+                    losses = score_pairs(self.algorithm, model, self.selector, views,
+                                         simclr_pair_forward=self.simclr_pair_forward)
+        except ValueError as exc:
+            reason = reason_from_error(exc)
+            if reason is None:  # a real error, not an unscorable batch
+                raise
+            return self._train_unscorable(runner, data_batch, inputs, reason)
         selection = self.selector.choose(losses)
         n_fallback = warn_fallbacks(selection.fallback)
         if n_fallback:
@@ -352,21 +415,62 @@ class HardViewSelectionHook(Hook):
         if self.reuse is not None:  # loss() gets these outputs for exactly these (preprocessed) views
             self.reuse.cache(tuple(selection.gather(views)), keep["target"], selection.chosen)
         if self.log_stats:
-            hub = runner.message_hub
-            # labelled approximations: the invariance proxy, the layer's cosine distances
-            prefix = ("train/hvs_proxy/" if self.algorithm in PROXY
-                      else "train/hvs_layer/" if self.score_layer is not None else "train/hvs/")
+            hub, prefix = runner.message_hub, self.stats_prefix
             for key, value in selection_stats(selection).as_dict(prefix).items():
                 hub.update_scalar(key, value)
-            hub.update_scalar("train/hvs/time", time.perf_counter() - start)
+            hub.update_scalar(prefix + "time", time.perf_counter() - start)
+
+    @property
+    def stats_prefix(self) -> str:
+        """Where every scalar of this hook goes: ``train/hvs_proxy/`` for the labelled invariance
+        proxy (proxy=True), ``train/hvs_layer/`` for score_layer's approximation, else ``train/hvs/``."""
+        if self.algorithm in PROXY:
+            return "train/hvs_proxy/"
+        return "train/hvs_layer/" if self.score_layer is not None else "train/hvs/"
+
+    def _plain_pair(self, data_batch: dict, inputs: Sequence[torch.Tensor]) -> None:
+        """The batch trains on candidate pair 0 (candidates are i.i.d. augmentations, so a plain
+        random pair; SwAV multi-crop: and the first candidate of every local crop)."""
+        a, b = self.selector.pairs[0].tolist()
+        data_batch["inputs"] = [inputs[a], inputs[b]] + list(inputs[self.n_views:: 2] if self.space else [])
+
+    def _train_unscorable(self, runner, data_batch: dict, inputs: Sequence[torch.Tensor], reason: str) -> None:
+        """A batch HVS cannot score: a plain pair, counted (``<prefix>unscorable_batches``, kept in
+        the checkpoint), warned once (``HVSUnscorableWarning``)."""
+        m = int(inputs[0].shape[0])
+        if self.space is None:
+            self.last_selection = self.selector.unscorable_selection(m, reason)  # counts, warns once
+        else:
+            self.selector.unscorable.record(reason)
+            self.last_selection = None
+        self._plain_pair(data_batch, inputs)
+        count = self.selector.unscorable.count
+        if not self._unscorable_logged:  # once per run (the Python warning is shown once, too)
+            self._unscorable_logged = True
+            runner.logger.warning(
+                f"HardViewSelectionHook: iteration {runner.iter}: cannot score this batch ({reason}); it trains "
+                "on a plain random pair. Such batches are counted as "
+                f"{self.stats_prefix[len('train/'):]}unscorable_batches; use drop_last=True in "
+                "train_dataloader to select on every batch")
+        if self.log_stats:
+            # the running count: one value, so the logger's window mean is the count itself
+            hub, key = runner.message_hub, self.stats_prefix + "unscorable_batches"
+            hub.log_scalars.pop(key, None)
+            hub.update_scalar(key, float(count))
 
     def _select_multicrop(self, runner, model, data_batch: dict, inputs: list) -> None:
         """SwAV multi-crop: the combination (global pair + locals) with the highest loss per sample."""
         start = time.perf_counter()
         sel, space = self.selector, self.space
-        with sel.scoring([model]):
-            views = self._preprocess(model, inputs)
-            ce = swav_multicrop_ce(model, sel, views[: self.n_views], views[self.n_views:])
+        try:
+            with sel.scoring([model]):
+                views = self._preprocess(model, inputs)
+                ce = swav_multicrop_ce(model, sel, views[: self.n_views], views[self.n_views:])
+        except ValueError as exc:
+            reason = reason_from_error(exc)
+            if reason is None:
+                raise
+            return self._train_unscorable(runner, data_batch, inputs, reason)
         choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
         n_fallback = warn_fallbacks(choice.fallback, "combination loss")
         if n_fallback:
@@ -375,18 +479,18 @@ class HardViewSelectionHook(Hook):
         data_batch["inputs"] = gather_views(glob, choice.globals_) + gather_views(loc, choice.locals_)
         self.last_selection = choice
         if self.log_stats:
-            hub = runner.message_hub
+            hub, prefix = runner.message_hub, self.stats_prefix
             finite = torch.isfinite(choice.candidate_losses)
-            hub.update_scalar("train/hvs/selected_loss", float(choice.losses.mean()))
-            hub.update_scalar("train/hvs/pair_loss", float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan"))
-            hub.update_scalar("train/hvs/fallbacks", float(choice.fallback.sum()))
-            hub.update_scalar("train/hvs/combinations", float(choice.n_evaluated))
-            hub.update_scalar("train/hvs/time", time.perf_counter() - start)
+            hub.update_scalar(prefix + "selected_loss", float(choice.losses.mean()))
+            hub.update_scalar(prefix + "pair_loss", float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan"))
+            hub.update_scalar(prefix + "fallbacks", float(choice.fallback.sum()))
+            hub.update_scalar(prefix + "combinations", float(choice.n_evaluated))
+            hub.update_scalar(prefix + "time", time.perf_counter() - start)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None, outputs=None) -> None:
         if self.reuse is not None and self.reuse._installed:
             if self.log_stats:
-                runner.message_hub.update_scalar("train/hvs/target_reused", float(self.reuse.hits))
+                runner.message_hub.update_scalar(self.stats_prefix + "target_reused", float(self.reuse.hits))
             self.reuse.remove()
 
     def after_train(self, runner) -> None:
@@ -406,7 +510,8 @@ class HardViewSelectionHook(Hook):
     # ------------------------------------------------------------ checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.selector is not None:
-            checkpoint["hvs_selector"] = {**self.selector.state_dict(), "schedule": self.schedule.state_dict()}
+            checkpoint["hvs_selector"] = {**self.selector.state_dict(), "schedule": self.schedule.state_dict(),
+                                          "unscorable": self.selector.unscorable.state_dict()}
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get("hvs_selector")
@@ -415,9 +520,14 @@ class HardViewSelectionHook(Hook):
         if "schedule" in state:
             self.schedule.load_state_dict(state["schedule"])
         if self.selector is not None:
-            self.selector.load_state_dict(state)
+            self._load_selector_state(state)
         else:
             self._pending_state = state
+
+    def _load_selector_state(self, state: dict) -> None:
+        self.selector.load_state_dict(state)
+        if "unscorable" in state:  # checkpoints before the count have none: it starts at 0
+            self.selector.unscorable.load_state_dict(state["unscorable"])
 
 
 __all__ = ["HardViewSelectionHook", "SUPPORTED", "find_multiviews"]

@@ -25,6 +25,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+# the core's scan (BatchNorm in train mode; dropout, attention dropout, drop-path / stochastic depth
+# with a rate > 0 in train mode), shared with the lightly and solo-learn adapters
+from hvs_plugins.per_sample import per_sample_violations
+
 # the momentum network loss() forwards both views through, per algorithm
 MOMENTUM_NETWORK = {"BYOL": "target_net", "MoCoV3": "momentum_encoder"}
 
@@ -46,25 +50,6 @@ def check_reuse_options(score_layer: Optional[str], proxy: bool, resolution_scal
         raise ValueError(
             f"reuse_target=True needs the selection forward in float32 (autocast_dtype=None, got {autocast_dtype}): "
             "low-precision momentum outputs are not those the training step computes. Drop one of them.")
-
-
-def per_sample_violations(net: nn.Module) -> list[str]:
-    """Modules of ``net`` that in their current mode couple the samples of a batch or draw random
-    numbers: BatchNorm in train mode, dropout / drop-path with p > 0 in train mode."""
-    found = []
-    for name, m in net.named_modules():
-        if not m.training:
-            continue
-        what = type(m).__name__
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            found.append(f"{name} ({what})")
-        elif isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            found.append(f"{name} ({what}, p={m.p})")
-        elif isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-            found.append(f"{name} (MultiheadAttention, dropout={m.dropout})")
-        elif float(getattr(m, "drop_prob", 0.0) or 0.0) > 0:  # mmcv / mmpretrain DropPath
-            found.append(f"{name} ({what}, drop_prob={m.drop_prob})")
-    return found
 
 
 def check_reuse_model(algorithm: str, model: nn.Module, runner: Optional[object] = None) -> nn.Module:
