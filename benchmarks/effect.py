@@ -77,7 +77,7 @@ CELLS: dict[str, tuple[list[str], str]] = {
 HVS_ONLY = {"select_by", "score_layer", "static_colour", "static_flip", "eager_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
 IGNORED = {"threads", "device", "out", "tiny", "parallel"}
 # flags added after runs were cached: at these values they leave the cache keys as they were
-LATER_FLAGS = {"select_by": "loss", "score_layer": None, "static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
+LATER_FLAGS = {"generator": "none", "select_by": "loss", "score_layer": None, "static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
 BINS = np.linspace(0, 1, 21)
 
 

@@ -13,7 +13,9 @@ crops, no forward), and the cheap HVS variants at the longest budget (``hvs_res2
 after the second conv block at 50% resolution, approximate). A run's compute is in host-step units:
 epochs × its measured compute ratio (selection + host step over host step, timed in the run).
 The compute-matched baseline of an arm is read from the baseline curve (linear in log compute),
-and for the longest budget one real baseline run at HVS's compute (``matched``).
+and for the longest budget one real baseline run at HVS's compute (``matched``). The generator arms
+(issue 20; ``gen``: the light learned hard-view generator on the two random views, ``gen_hvs``: on
+HVS's selected pair) count the generator's cost measured side by side by ``generator_cost.py``.
 
 Runs are cached in the effect study's folder (``<out>/effect_runs/b*.json``: ``effect.py``'s key
 plus the torch build, as numbers differ between builds for the same command and seed; the
@@ -38,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from effect import BASE_FLAGS, CELLS, SIZE_FLAGS, Study, _parse, run_job  # noqa: E402
+from effect import BASE_FLAGS, CELLS, Study, _parse, run_job  # noqa: E402
 
 DATA_CELLS = {"muted": "muted", "photos": "base"}  # data set -> effect-study cell
 # arm -> (training arm, extra demo flags)
@@ -49,7 +51,11 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "hvs_res25": ("hvs", ["--resolution-scale", "0.25"]),
     "hvs_half": ("hvs", ["--hvs-probability", "0.5"]),
     "hvs_layer2": ("hvs", ["--score-layer", "backbone.5", "--resolution-scale", "0.5"]),
+    # issue 20: the learned hard-view generator (light, eps 0.02 -> 0.06), alone and after HVS's selection
+    "gen": ("baseline", ["--generator", "light"]),
+    "gen_hvs": ("hvs", ["--generator", "light"]),
 }
+GEN_ARMS = ["gen", "gen_hvs"]
 CHEAP = ["hvs_res25", "hvs_half", "hvs_layer2"]
 EPOCHS = [24, 48, 96]
 SEEDS3, SEEDS5 = [0, 1, 2], [0, 1, 2, 3, 4]
@@ -80,7 +86,20 @@ def plan(longest: int = 96) -> list[tuple[str, str, int, int]]:
     for arm in CHEAP:
         for s in SEEDS3:
             out.append(("muted", arm, longest, s))
+    for data in DATA_CELLS:  # issue 20: the generator, alone and after HVS, at 24 epochs and the longest budget
+        for e in (24, longest):
+            for s in SEEDS3:
+                for arm in GEN_ARMS:
+                    out.append((data, arm, e, s))
     return out
+
+
+def generator_ratio() -> float:
+    """The light generator's cost per step over the host step, measured side by side in one process
+    (``benchmarks/generator_cost.py``; the in-run step time includes the generator, so it cannot
+    be the reference)."""
+    rec = json.loads((ROOT / "benchmarks" / "results" / "generator_cost.json").read_text())
+    return next(v["ratio"] for k, v in rec["arms"].items() if "light" in k)
 
 
 class Budget:
@@ -175,6 +194,8 @@ class Budget:
                             continue
                         seeds = SEEDS3
                     ratio = statistics.median(r["compute_ratio"] for r in runs) if ARMS[arm][0] == "hvs" else 1.0
+                    if arm in GEN_ARMS:  # HVS's in-run ratio is relative to the step with the generator
+                        ratio *= generator_ratio()
                     cells[str(e)] = {
                         "knn": [r["knn"] for r in runs], "compute": ep * ratio, "compute_ratio": ratio, "seeds": seeds,
                         "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in runs] if ARMS[arm][0] == "hvs" else None,
@@ -211,7 +232,7 @@ def _ms(xs: list[float]) -> str:
 
 
 def table(budget: dict[str, Any]) -> str:
-    rows = ["| data | arm | epochs | compute (host steps / epoch) | seeds | kNN (mean ± std) | baseline at equal compute (curve) | Δ vs curve |",
+    rows = ["| data | arm | epochs | compute (epochs of host steps) | seeds | kNN (mean ± std) | baseline at equal compute (curve) | Δ vs curve |",
             "|---|---|---|---|---|---|---|---|"]
     for data, arms in budget.items():
         base = arms.get("baseline", {})
@@ -230,6 +251,7 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, max(1, len(budget)), figsize=(6.5 * max(1, len(budget)), 4.2), squeeze=False)
     styles = {"baseline": ("k", "o"), "hvs": ("C3", "s"), "min_iou": ("C0", "^"), "matched": ("gray", "D"),
+              "gen": ("C6", "P"), "gen_hvs": ("C8", "X"),
               "hvs_res25": ("C1", "v"), "hvs_half": ("C2", "<"), "hvs_layer2": ("C4", ">")}
     for ax, (data, arms) in zip(axes[0], budget.items()):
         for arm, cells in arms.items():

@@ -1,6 +1,9 @@
 # Sourced by scripts/test and scripts/demo: create .venv and install the package with its extras
 # on a machine that has nothing but python3 (re-runs are quick: the stamp skips the install).
 #
+# The versions come from constraints.txt (a pinned lock of the environment the README's numbers were
+# made in); HVS_NO_LOCK=1 installs without it (newest releases the extras allow).
+#
 # HVS_SOLO_LEARN_SRC=<folder | .tar.gz/.zip | pip requirement> also installs solo-learn (1.0.6;
 # the registry's build is unusable) into the venv, once per source, and keeps its source at
 # $venv/solo-learn-src, where the tests find main_pretrain.py (not part of the installed package).
@@ -12,16 +15,18 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${HVS_VENV:-$root/.venv}
 py=${PYTHON:-python3}
 stamp=$venv/.hvs-installed
+lock=()
+if [ -z "${HVS_NO_LOCK:-}" ] && [ -f "$root/constraints.txt" ]; then lock=(-c "$root/constraints.txt"); fi
 _hvs_logged() {  # run "$@" quietly; show its output only if it fails
   local out
   out=$("$@" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
 }
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$root/constraints.txt" -nt "$stamp" ]; then
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
   echo "[hvs] installing hvs-plugins[all] into $venv" >&2
   _hvs_logged "$venv/bin/python" -m pip install --upgrade pip
   # torch/torchvision from the registry (CUDA build, runs on CPU); extras bring the hosts.
-  _hvs_logged "$venv/bin/python" -m pip install -e "$root[all]"
+  _hvs_logged "$venv/bin/python" -m pip install "${lock[@]}" -e "$root[all]"
   "$venv/bin/python" -c "import torch, torchvision, lightly, mmselfsup, hvs_plugins" 
   touch "$stamp"
 fi
@@ -56,7 +61,7 @@ _hvs_solo_learn() {  # $1: an existing folder or archive (absolute) or a pip req
     mv "$top" "$dest"
     rm -rf "$tmp"
   fi
-  _hvs_logged "$vpy" -m pip install --no-build-isolation "$dest/"
+  _hvs_logged "$vpy" -m pip install "${lock[@]}" --no-build-isolation "$dest/"
   _hvs_logged "$vpy" -c "import solo.methods"
   [ -f "$dest/main_pretrain.py" ] || echo "[hvs] $1 has no main_pretrain.py: the launcher tests need" \
     "HVS_SOLO_LEARN_ROOT=<a solo-learn checkout>" >&2

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-floor", type=float, default=0.35,
                    help="cosine schedule from the learning rate down to this fraction of it (0: to zero)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generator", default="none", choices=["none", "light", "full"],
+                   help="train on views of a learned hard-view generator (after the selection with HVS): "
+                        "'light' (width 16) or 'full' (Viewmaker size); eps 0.02 -> 0.06 over the run")
     p.add_argument("--select-by", default="loss", choices=["loss", "min_iou"],
                    help="'loss': HVS; 'min_iou': the zero-cost geometric control (the least-overlapping crops, no forward)")
     p.add_argument("--score-layer", default=None,

@@ -33,6 +33,15 @@ AUGMENTATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# The learned-hard-view generator of the effect study's generator arms, fixed before any seed ran:
+# the light variant (width 16, 3x3 convs; benchmarks/generator_cost.py) with Wu et al.'s progressive
+# hardness, the budget eps ramped from 0.02 to 0.06 over the run.
+GENERATORS: dict[str, dict[str, Any]] = {
+    "light": {"width": 16, "stem_kernel": 3, "n_blocks": 3, "eps_start": 0.02, "eps_end": 0.06},
+    "full": {"width": 32, "stem_kernel": 9, "n_blocks": 3, "eps_start": 0.02, "eps_end": 0.06},
+}
+
+
 # ----------------------------------------------------------------------------- models
 def small_backbone(width: int = 16) -> nn.Module:
     """A small ConvNet (4 conv-BN-ReLU blocks, global pooling): ``8·width`` features."""
@@ -169,7 +178,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     """Train one run; ``data``: ``{"train", "y_train", "test", "y_test"}`` (labels may be None).
 
     ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, lr_floor (optional), seed,
-    static_colour, static_flip, eager_colour (optional), select_by (optional: 'loss' or 'min_iou'), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
+    static_colour, static_flip, eager_colour (optional), generator (optional: 'none', 'light', 'full'), select_by (optional: 'loss' or 'min_iou'), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
     ``epochs`` overrides ``args.epochs`` (compute-matched baselines). Returns the model and, per
     epoch, kNN accuracy (every ``eval_every`` epochs and the last), the lowest-IoU fraction and
     the mean IoU of the trained pairs (HVS: selected; baseline: random), plus median timings of
@@ -222,6 +231,11 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     lambdas = [cosine] + ([(lambda s: 1.0) if args.method == "simsiam" else cosine] if pred else [])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     target = model.forward_momentum if args.method == "byol" else None
+    gen = None
+    if getattr(args, "generator", "none") != "none":  # selection (if HVS) first, then the generator on the pair
+        from hvs_plugins import HardViewGenerator
+
+        gen = HardViewGenerator(seed=args.seed, ramp_epochs=epochs, **GENERATORS[args.generator])
 
     bar = None
     if progress:
@@ -233,6 +247,8 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     n_active = step = 0
     wall0 = time.perf_counter()
     for epoch in range(epochs):
+        if gen is not None:
+            gen.set_epoch(epoch)
         e_lowest, e_sel, e_rnd, e_loss = [], [], [], []
         for batch, _ in loader:
             if static:
@@ -251,11 +267,16 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
             t1 = time.perf_counter()
             if isinstance(train_views, _Timed):  # data work (a loader's, on a GPU box), not selection
                 t0 += train_views.elapsed
-            loss = _step_loss(args.method, model, criterion, x0.to(device), x1.to(device))
+            x0, x1 = x0.to(device), x1.to(device)
+            if gen is not None:
+                x0, x1 = gen(x0, x1)
+            loss = _step_loss(args.method, model, criterion, x0, x1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if gen is not None:
+                gen.step(loss)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
