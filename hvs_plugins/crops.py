@@ -67,7 +67,7 @@ def _recording_class(cls: type) -> type:
 
 
 def _rebuild_recorder(base: type, state: dict) -> Any:
-    obj = base.__new__(base)
+    obj: Any = object.__new__(base)  # the transform's state comes from the pickle, not from __init__
     obj.__dict__.update(state)
     obj.__class__ = _recording_class(base)
     return obj
@@ -100,7 +100,7 @@ def install_box_recorders(transform: Any) -> list[Any]:
         seen.add(id(obj))
         if _is_random_resized_crop(obj):
             if not type(obj).__name__.startswith("Recording"):
-                obj.__class__ = _recording_class(type(obj))
+                obj.__class__ = _recording_class(type(obj))  # type: ignore[arg-type]
             found.append(obj)
             return
         if isinstance(obj, (list, tuple)):

@@ -19,7 +19,7 @@ class DeferredFallbackWarnings:
     """Queue of ``(count, n_samples, what, event)`` for device fallback masks not yet read back."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[torch.Tensor, int, str, Optional[torch.cuda.Event]]] = []
+        self._pending: list[tuple[torch.Tensor, int, str, torch.cuda.Event]] = []
 
     def push(self, fallback: torch.Tensor, what: str = "pair loss") -> None:
         """Record ``fallback: [M]`` (bool) of one selection; warns for earlier ones that are ready."""

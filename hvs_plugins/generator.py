@@ -125,7 +125,8 @@ class ViewmakerNet(nn.Module):
         self.out = _conv(w, channels, stem_kernel)
         with torch.no_grad():  # near zero: the budget rescaling fixes the magnitude, the net the direction
             self.out.weight.mul_(0.01)
-            self.out.bias.zero_()
+            if self.out.bias is not None:
+                self.out.bias.zero_()
 
     def forward(self, x: torch.Tensor, rng: Optional[torch.Generator] = None) -> torch.Tensor:
         def noise(like: torch.Tensor) -> torch.Tensor:  # one uniform channel [B, 1, h, w]
@@ -169,6 +170,11 @@ class ViewGenerator(nn.Module):
     a forked RNG: the global RNG is untouched) and the noise stream. After each call
     ``last_delta`` / ``last_realised`` hold the per-image ``mean|δ|`` before / after the clamp ``[B]``.
     """
+
+    mean: torch.Tensor  # [1, C, 1, 1] buffers (registered in __init__)
+    std: torch.Tensor
+    last_delta: Optional[torch.Tensor]
+    last_realised: Optional[torch.Tensor]
 
     def __init__(
         self,
@@ -384,9 +390,10 @@ class HardViewGenerator:
                            betas=tuple(betas), weight_decay=weight_decay, reverse_scale=reverse_scale,
                            mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), seed=seed,
                            sync_grads=sync_grads, enabled=enabled)
-        kw = dict(width=width, n_blocks=n_blocks, stem_kernel=stem_kernel, mean=mean, std=std)
+        kw: dict[str, Any] = dict(width=width, n_blocks=n_blocks, stem_kernel=stem_kernel, mean=mean, std=std)
         self.networks = nn.ModuleList(ViewGenerator(channels, seed=seed + i, **kw) for i in range(1 if shared else 2))
-        self.optimizer = torch.optim.Adam(self.networks.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(self.networks.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])),
+                                          weight_decay=weight_decay)
         self.shared, self.reverse_scale, self.sync_grads, self.enabled = shared, float(reverse_scale), sync_grads, enabled
         self.channels = channels
         self.epoch: float = 0
@@ -545,8 +552,8 @@ class HardViewGenerator:
     def stats(self, loss_generated: Optional[torch.Tensor] = None, loss_input: Optional[torch.Tensor] = None) -> GeneratorStats:
         """Current ε, last call's mean δ (before / after the clamp), last generator loss and — given the
         host loss on generated and on input views — the hardness gap. Reads device values (sync)."""
-        deltas = [n.last_delta for n in self.networks if n.last_delta is not None]
-        real = [n.last_realised for n in self.networks if n.last_realised is not None]
+        deltas = [d for n in self.networks if isinstance(d := n.last_delta, torch.Tensor)]
+        real = [r for n in self.networks if isinstance(r := n.last_realised, torch.Tensor)]
         gap = hardness_gap(loss_generated, loss_input) if loss_generated is not None and loss_input is not None else None
         return GeneratorStats(
             eps=self.eps,

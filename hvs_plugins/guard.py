@@ -38,8 +38,9 @@ class _Guard:
             if id(mod) in self.seen:
                 continue
             self.seen.add(id(mod))
-            is_bn = isinstance(mod, _BatchNorm) and mod.track_running_stats
-            if is_bn:
+            is_bn = False
+            if isinstance(mod, _BatchNorm) and mod.track_running_stats:
+                is_bn = True
                 mod.track_running_stats = False
                 self.bns.append(mod)
             for name, buf in mod._buffers.items():
