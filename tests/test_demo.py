@@ -89,3 +89,12 @@ def test_parallel_baseline_gives_the_same_numbers(tmp_path):
     seq = demo.main(argv + ["--no-parallel", "--out", str(tmp_path / "s")])
     assert par["knn_baseline"] == seq["knn_baseline"] and par["knn_hvs"] == seq["knn_hvs"]
     assert par["history_baseline"] == seq["history_baseline"] and par["history_hvs"] == seq["history_hvs"]
+
+
+def test_demo_tiny_with_the_generator_writes_its_figure(tmp_path, capsys):
+    from hvs_plugins.adapters.lightly import demo
+
+    demo.main(demo.TINY_ARGV + ["--generator", "light", "--no-parallel", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "learned hard views: 'light' generator in both runs" in out
+    assert (tmp_path / "hvs_generated.png").stat().st_size > 0

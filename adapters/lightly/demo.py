@@ -63,6 +63,27 @@ def candidate_figure(run: dict, images: np.ndarray, path: Path, n: int = 6) -> P
     return plot_candidates(x.clamp(0, 1), chosen, path, title="HVS: candidate views, selected (hardest) pair in red")
 
 
+def generated_figure(run: dict, images: np.ndarray, path: Path, n: int = 6) -> Path:
+    """Views of ``n`` images before and after the run's trained hard-view generator (its budget at the
+    end of the run), like the paper's Fig. 2 for HVS."""
+    from PIL import Image
+
+    from hvs_plugins.generator_plot import plot_generated_views
+
+    transform, gen = run["transform"], run["generator"]
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        items = [transform(Image.fromarray(a)) for a in images[:n]]
+    x = torch.stack([it[0][0] for it in items])  # the first candidate of each image (normalised)
+    if x.dim() != 4 or x.shape[1] != 3:  # deferred colour: uncoloured crops; show the raw images
+        x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in images[:n]])
+        x = (x - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    with torch.no_grad():
+        g = gen.generate(x)
+    un = lambda t: (t * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)  # noqa: E731
+    return plot_generated_views(un(x), un(g), path, title=f"learned hard views (eps {gen.eps:.3f}): input, generated, delta")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hvs-demo",
@@ -210,6 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         plot_training_curves({"baseline": [base["history"]], "HVS": [hvs["history"]]}, out / "hvs_training.png",
                              random_fraction=1.0 / n_pairs, title=f"{args.method}, seed {args.seed}"),
     ]
+    if hvs.get("generator") is not None:
+        figs.append(generated_figure(hvs, shown, out / "hvs_generated.png"))
     result["figures"] = [str(f) for f in figs]
     _print(args, result, base, hvs, n_pairs, data)
     return result
@@ -234,6 +257,10 @@ def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pair
           f"   HVS step-time ratio x{result['step_time_ratio']:.2f} (selection + step, one process; "
           f"wall-clock incl. data x{result['wall_ratio']:.2f})")
     print(f"hardness gap (selected - mean pair loss): {result['hardness_gap']:.4f}")
+    if hvs.get("generator") is not None:  # both runs train on generated views; its cost is not in the ratio above
+        st = hvs["generator"].stats()
+        print(f"learned hard views: '{args.generator}' generator in both runs (after the selection in HVS's), eps now "
+              f"{st.eps:.3f}, mean |delta| {st.delta:.3f}; its cost per step is measured by benchmarks/generator_cost.py")
     print(f"lowest-IoU fraction: {result['lowest_iou_fraction']:.1%} of samples trained on their lowest-IoU pair "
           f"(random pair: 1/{n_pairs} = {result['random_lowest_iou_fraction']:.1%}; paper: >40%)")
     print(f"mean IoU of training pairs: HVS {result['mean_selected_iou']:.3f} vs random {result['mean_random_iou']:.3f}")

@@ -316,7 +316,7 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     active_fraction = n_active / max(1, steps)
     lowest = [h["lowest_iou_fraction"] for h in history if h["lowest_iou_fraction"] is not None]
     return {
-        "model": model, "criterion": criterion, "transform": transform, "steps": steps, "epochs": epochs,
+        "model": model, "criterion": criterion, "transform": transform, "generator": gen, "steps": steps, "epochs": epochs,
         "history": history, "knn": history[-1].get("knn"),
         "final_loss": statistics.mean(h["loss"] for h in history[-max(1, len(history) // 10):]),
         "step_time": step_med, "selection_time": sel_med, "wall": time.perf_counter() - wall0,
