@@ -313,19 +313,22 @@ def _image_folder(root: Path, n_classes: int = 2, per_class: int = 8, size: int 
 
 
 def _run_main_pretrain(tmp_path: Path, tree: Path, cfg: Optional[dict] = None, *, launcher: bool = True,
-                       config_dir: Optional[Path] = None, config_name: str = "run", overrides: tuple = ()) -> str:
-    """Run solo-learn's main_pretrain.py (through our launcher unless ``launcher=False``) on ``cfg``
-    (written to tmp_path/conf/run.yaml) or on ``config_dir/config_name``; asserts exit 0, returns
-    the output."""
+                       config_dir: Optional[Path] = None, config_name: str = "run", overrides: tuple = (),
+                       prefix: Optional[list] = None, script: str = "main_pretrain.py") -> str:
+    """Run solo-learn's main_pretrain.py (through our launcher unless ``launcher=False``; ``prefix``:
+    other arguments before the script, e.g. a driver) on ``cfg`` (written to tmp_path/conf/run.yaml)
+    or on ``config_dir/config_name``; asserts exit 0, returns the output. ``script``: another of
+    solo-learn's scripts (main_linear.py)."""
     if cfg is not None:
-        (tmp_path / "conf").mkdir()
-        (tmp_path / "conf" / "run.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        (tmp_path / "conf").mkdir(exist_ok=True)
+        (tmp_path / "conf" / f"{config_name}.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
         config_dir = tmp_path / "conf"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("HVS_SOLO_MAIN_PRETRAIN", None)
-    prefix = ["-m", "hvs_plugins.adapters.solo_learn.launch"] if launcher else []
+    if prefix is None:
+        prefix = ["-m", "hvs_plugins.adapters.solo_learn.launch"] if launcher else []
     proc = subprocess.run(
-        [sys.executable, *prefix, str(tree / "main_pretrain.py"), "--config-path", str(config_dir),
+        [sys.executable, *prefix, str(tree / script), "--config-path", str(config_dir),
          "--config-name", config_name, *overrides],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -354,7 +357,7 @@ def test_main_pretrain_one_epoch_through_launcher(tmp_path, config):
     # solo-learn's Checkpointer saved the selector's generator with the model
     ckpts = sorted((tmp_path / "ckpt").rglob("*.ckpt"))
     assert ckpts, out[-2000:]
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)  # plain data: loads with torch's default
     assert "hvs_selector" in state and "hvs_schedule" in state
 
 
@@ -374,27 +377,122 @@ def test_main_pretrain_with_hydra_callback(tmp_path):
     assert "[hvs] first selection by HVSSimCLR" in out, out[-4000:]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["cifar_simsiam_hvs", "cifar_simclr_hvs", "cifar_dino_hvs"])
-def test_ready_configs_run_through_the_launcher(tmp_path, name):
-    """The shipped configs (configs/solo_learn), shrunk for CPU by command-line overrides only."""
-    tree = _solo_tree()
-    _image_folder(tmp_path / "train")
+# A job preempted after its first epoch: solo-learn's Checkpointer saves the epoch's checkpoint, then
+# the trainer stops. The run is otherwise the full one (same max_epochs, so the same learning-rate
+# schedule and solo-learn's AutoResumer finds the checkpoint).
+_PREEMPTED = """
+import runpy
+from solo.utils.checkpointer import Checkpointer
+
+_save = Checkpointer.on_train_epoch_end
+
+
+def on_train_epoch_end(self, trainer, module):
+    _save(self, trainer, module)
+    trainer.should_stop = True
+
+
+Checkpointer.on_train_epoch_end = on_train_epoch_end
+runpy.run_module("hvs_plugins.adapters.solo_learn.launch", run_name="__main__")
+"""
+_PRETRAINED: dict = {}  # ready config -> an HVS checkpoint of it (for the main_linear test)
+READY = ["cifar_simsiam_hvs", "cifar_simclr_hvs", "cifar_dino_hvs"]
+
+
+def _ready_overrides(tmp_path: Path, ckpt_dir: Path, name: str, max_epochs: int = 2) -> list:
+    """The shipped configs shrunk for CPU by command-line overrides only (1 step an epoch); their
+    own checkpoint / auto_resume settings stay on."""
     overrides = [
         "data.dataset=custom", f"data.train_path={tmp_path / 'train'}", "data.val_path=null",
         "data.num_workers=0", "accelerator=cpu", "devices='1'", "strategy=auto", "precision=32",
-        "sync_batchnorm=False", "max_epochs=1", "+limit_train_batches=1", "optimizer.batch_size=4",
-        "checkpoint.enabled=False", "auto_resume.enabled=False", "method_kwargs.proj_hidden_dim=64",
-        "+enable_progress_bar=False", f"hydra.run.dir={tmp_path}", "hvs.cap=16",
+        "sync_batchnorm=False", f"max_epochs={max_epochs}", "+limit_train_batches=1", "optimizer.batch_size=4",
+        f"checkpoint.dir={ckpt_dir}", "method_kwargs.proj_hidden_dim=64", "+enable_progress_bar=False",
+        f"hydra.run.dir={tmp_path}", "hvs.cap=16", "wandb.enabled=False",  # solo-learn's usual wandb override
     ]
     if name == "cifar_dino_hvs":
         overrides.append("method_kwargs.num_prototypes=64")
-    out = _run_main_pretrain(tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name=name,
-                             overrides=tuple(overrides))
+    return overrides
+
+
+def _checkpoint(ckpt_dir: Path, epoch: int) -> tuple[Path, dict]:
+    found = sorted(ckpt_dir.rglob(f"*-ep={epoch}.ckpt"))
+    assert len(found) == 1, (epoch, found)
+    return found[0], torch.load(found[0], map_location="cpu", weights_only=True)  # torch's default: plain data only
+
+
+def _lrs(state: dict) -> tuple:
+    return (state["lr_schedulers"][0]["_last_lr"], [g["lr"] for g in state["optimizer_states"][0]["param_groups"]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", READY)
+def test_ready_configs_run_and_resume_through_the_launcher(tmp_path_factory, name):
+    """The shipped configs (configs/solo_learn, auto_resume on), shrunk for CPU by overrides only: a job
+    preempted after epoch 1 (checkpoint saved) resumes to epoch 2 through main_pretrain.py. Under
+    torch >= 2.6 solo-learn's own SimSiam cannot (its scheduler's functools.partial fails the
+    weights_only load); the HVS method's checkpoints hold plain data, and the resumed learning rates
+    equal an uninterrupted run's."""
+    tree = _solo_tree()
+    tmp_path = tmp_path_factory.mktemp(name)
+    _image_folder(tmp_path / "train")
+    config_dir, ckpt_dir = REPO / "configs" / "solo_learn", tmp_path / "ckpt"
+    (tmp_path / "preempted.py").write_text(_PREEMPTED)
+    run = dict(config_dir=config_dir, config_name=name, overrides=tuple(_ready_overrides(tmp_path, ckpt_dir, name)))
+    out = _run_main_pretrain(tmp_path, tree, prefix=[str(tmp_path / "preempted.py")], **run)
     expected = {"cifar_simsiam_hvs": "HVSSimSiam: 4 large candidates + 0 small",
                 "cifar_simclr_hvs": "HVSSimCLR: 4 large candidates + 0 small",
                 "cifar_dino_hvs": "HVSDINO: 4 large candidates + 16 small -> 10 crops"}[name]
     assert f"[hvs] first selection by {expected}" in out, out[-4000:]
+    first, state = _checkpoint(ckpt_dir, 0)
+    assert state["global_step"] == 1 and not list(ckpt_dir.rglob("*-ep=1.ckpt"))  # stopped after epoch 1
+    assert not any(callable(v) for s in state["lr_schedulers"] for v in s.values())
+
+    out = _run_main_pretrain(tmp_path, tree, **run)  # the same command again: solo-learn's auto_resume
+    assert f"Resuming from previous checkpoint that matches specifications: '{first}'" in out, out[-4000:]
+    last, resumed = _checkpoint(ckpt_dir, 1)
+    assert resumed["global_step"] == 2 and resumed["epoch"] == 1
+    assert {"hvs_selector", "hvs_schedule", "hvs_unscorable"} <= set(resumed)
+    _PRETRAINED[name] = last
+    if name == "cifar_simsiam_hvs":  # the scheduler partial's config: learning rates as without the break
+        plain_dir = tmp_path / "uninterrupted"
+        _run_main_pretrain(tmp_path, tree, config_dir=config_dir, config_name=name,
+                           overrides=tuple(_ready_overrides(tmp_path, plain_dir, name)))
+        _, plain = _checkpoint(plain_dir, 1)
+        assert _lrs(resumed) == _lrs(plain)
+        assert plain["lr_schedulers"][0]["_last_lr"] != state["lr_schedulers"][0]["_last_lr"]  # warmup moved on
+
+
+@pytest.mark.slow
+def test_main_linear_loads_an_hvs_checkpoint(tmp_path):
+    """solo-learn's main_linear.py (torch.load with torch's default weights_only) reads a SimSiam HVS
+    checkpoint and trains a step on its backbone (5 classes: main_linear reports top-5 accuracy)."""
+    tree = _solo_tree()
+    ckpt = _PRETRAINED.get("cifar_simsiam_hvs")
+    if ckpt is None or not ckpt.is_file():  # run alone: pretrain 1 tiny epoch with HVS first
+        _image_folder(tmp_path / "train")
+        _run_main_pretrain(tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name="cifar_simsiam_hvs",
+                           overrides=tuple(_ready_overrides(tmp_path, tmp_path / "ckpt", "cifar_simsiam_hvs", 1)))
+        ckpt, _ = _checkpoint(tmp_path / "ckpt", 0)
+    _image_folder(tmp_path / "linear_data", n_classes=5, per_class=2, size=16)
+    data = str(tmp_path / "linear_data")
+    cfg = {
+        "name": "hvs-linear", "pretrained_feature_extractor": str(ckpt), "backbone": {"name": "resnet18"},
+        "pretrain_method": "simsiam",
+        "data": {"dataset": "custom", "train_path": data, "val_path": data, "format": "image_folder", "num_workers": 0},
+        "optimizer": {"name": "sgd", "batch_size": 5, "lr": 0.1, "weight_decay": 0.0},
+        "scheduler": {"name": "none"}, "auto_resume": {"enabled": False},
+        "checkpoint": {"enabled": True, "dir": str(tmp_path / "linear"), "frequency": 1},
+        "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0,
+        "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32, "enable_progress_bar": False,
+        "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}},
+    }
+    out = _run_main_pretrain(tmp_path, tree, cfg, launcher=False, config_name="linear", script="main_linear.py")
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached" in out, out[-4000:]
+    _, linear = _checkpoint(tmp_path / "linear", 0)
+    pretrained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    weights = [k for k, v in pretrained.items() if k.startswith("backbone.") and v.is_floating_point()
+               and "running_" not in k]
+    assert weights and all(torch.equal(linear["state_dict"][k], pretrained[k]) for k in weights)  # frozen, loaded
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@
 every combination, capped or exact) with the method's own modules under the core's
 side-effect guard, and calls the method's own ``training_step`` with the crops it expects (2 large
 crops, plus the small crops). Everything else (online linear probe, kNN, momentum updates in
-``on_train_batch_end``, schedulers, logging, checkpoints) is the method's own.
+``on_train_batch_end``, schedulers, logging, checkpoints) is the method's own. A batch that cannot
+be scored (1 sample under train-mode BatchNorm) trains on the plain pair, counted
+(``hvs/unscorable_batches``). Checkpoints hold plain data only (see :func:`drop_scheduler_functions`).
 
 This module does not import solo-learn: the wrapper reads the method's attributes (``forward``,
 ``momentum_forward``, ``queue``, ``find_nn``, ``dino_loss_func``, ...), so it can be unit-tested
@@ -30,10 +32,12 @@ from hvs_plugins import (
     invariance_proxy_pair_losses,
     negative_cosine_pair_losses,
     ntxent_pair_losses,
+    reason_from_error,
     selection_stats,
     swav_codes,
     swav_cross_entropy,
     swav_pair_losses,
+    unscorable_reason,
     warn_fallbacks,
 )
 from hvs_plugins.devices import to_device
@@ -197,7 +201,7 @@ class HVSMethodMixin:
                 f" + {layout.n_small_candidates} small), got {len(X)}: the data pipeline does not "
                 "produce the candidates; run through hvs_plugins.adapters.solo_learn.launch"
             )
-        # empty batch, non-tensor crops, 1 sample under train-mode BatchNorm: errors naming the fix
+        # empty batch, non-tensor crops: errors naming the fix (1 sample under BatchNorm: see below)
         large = check_candidate_views(list(X[: layout.n_views]), layout.n_views, self.hvs_scoring_modules())
         small = check_candidate_views(list(X[layout.n_views:]), modules=self.hvs_scoring_modules()) if layout.n_small_candidates else []
         if not getattr(self, "_hvs_announced", False):
@@ -209,6 +213,20 @@ class HVSMethodMixin:
         step, epoch = int(getattr(self, "global_step", 0)), int(getattr(self, "current_epoch", 0))
         if not self.hvs_schedule.active(step, epoch):
             return self._hvs_plain(large, small)
+        # a batch HVS cannot score (1 sample under train-mode BatchNorm, ...) trains on a plain pair, counted
+        reason = unscorable_reason(large, [self])  # [self]: BatchNorm named from the method (backbone.bn1)
+        if reason is None:
+            try:
+                return self._hvs_select_scored(large, small)
+            except ValueError as exc:  # e.g. torch's 'Expected more than 1 value per channel' in the forward
+                reason = reason_from_error(exc)
+                if reason is None:
+                    raise
+        return self._hvs_unscorable(large, small, reason)
+
+    def _hvs_select_scored(self, large: list[torch.Tensor], small: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A step with HVS: score the candidates, return the chosen crops."""
+        layout = self.hvs_layout
         if self.hvs_space is not None:
             return self._hvs_select_multicrop(large, small)
         if self.hvs_method_name == "deepclusterv2" and not self._hvs_have_assignments():
@@ -237,6 +255,19 @@ class HVSMethodMixin:
         if self.hvs_config.log_stats:
             self._hvs_log(selection_stats(selection).as_dict())
         return [view_a, view_b] + small
+
+    def _hvs_unscorable(self, large: list[torch.Tensor], small: list[torch.Tensor], reason: str) -> list[torch.Tensor]:
+        """A batch HVS cannot score: the plain pair of a step without HVS (first candidate of each
+        slot; multi-crop: and the first small candidates), counted in ``hvs_selector.unscorable``
+        (one ``HVSUnscorableWarning``), logged as ``hvs/unscorable_batches``."""
+        self._hvs_target_cache = None
+        unscorable = self.hvs_selector.unscorable
+        unscorable.record(reason, stacklevel=4)
+        crops = self._hvs_plain(large, small)
+        self.hvs_last["unscorable"] = reason
+        if self.hvs_config.log_stats:
+            self._hvs_log({})  # hvs/unscorable_batches
+        return crops
 
     def _hvs_plain(self, large: list[torch.Tensor], small: list[torch.Tensor]) -> list[torch.Tensor]:
         """A step without HVS (schedule): the first candidate of each slot, i.e. a random pair."""
@@ -397,9 +428,12 @@ class HVSMethodMixin:
         self.hvs_last = {"choice": choice, "ce": ce, "globals": g, "locals": choice.locals_}
         if self.hvs_config.log_stats:
             finite = torch.isfinite(choice.candidate_losses)
+            selected = float(choice.losses.mean())
+            compared = float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan")
             self._hvs_log({
-                "hvs/selected_loss": float(choice.losses.mean()),
-                "hvs/pair_loss": float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan"),
+                "hvs/selected_loss": selected,
+                "hvs/pair_loss": compared,  # mean over the compared combinations (exact: best per global pair)
+                "hvs/hardness_gap": selected - compared,
                 "hvs/fallbacks": float(choice.fallback.sum()),
                 "hvs/combinations": float(choice.n_evaluated),
             })
@@ -423,7 +457,9 @@ class HVSMethodMixin:
     def _hvs_log(self, stats: dict) -> None:
         if getattr(self, "_trainer", None) is None:
             return  # outside a Trainer (unit tests, manual calls)
-        if self.hvs_mode in ("proxy", "approximate"):  # labelled: not the method's own loss
+        # batches trained on a plain pair because HVS could not score them
+        stats = {**stats, "hvs/unscorable_batches": float(self.hvs_selector.unscorable.count)}
+        if self.hvs_mode in ("proxy", "approximate"):  # labelled: not the method's own loss (every scalar)
             stats = {k.replace("hvs/", f"hvs_{self.hvs_mode}/", 1): v for k, v in stats.items()}
         self.log_dict(stats, on_step=True, on_epoch=False, sync_dist=False)
 
@@ -434,8 +470,13 @@ class HVSMethodMixin:
             super_hook(checkpoint)
         checkpoint["hvs_selector"] = self.hvs_selector.state_dict()
         checkpoint["hvs_schedule"] = self.hvs_schedule.state_dict()
+        checkpoint["hvs_unscorable"] = self.hvs_selector.unscorable.state_dict()
+        drop_scheduler_functions(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a checkpoint saved without this wrapper and loaded with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1:
+        # its stale get_lr partial would replace the new scheduler's (RecursionError in static_lr)
+        drop_scheduler_functions(checkpoint)
         super_hook = getattr(super(), "on_load_checkpoint", None)
         if super_hook is not None:
             super_hook(checkpoint)
@@ -443,6 +484,30 @@ class HVSMethodMixin:
             self.hvs_selector.load_state_dict(checkpoint["hvs_selector"])
         if "hvs_schedule" in checkpoint:
             self.hvs_schedule.load_state_dict(checkpoint["hvs_schedule"])
+        if "hvs_unscorable" in checkpoint:
+            self.hvs_selector.unscorable.load_state_dict(checkpoint["hvs_unscorable"])
+
+
+def drop_scheduler_functions(checkpoint: dict) -> list[str]:
+    """Remove functions from the checkpoint's learning-rate scheduler states (in place); returns
+    their keys.
+
+    solo-learn's ``configure_optimizers`` replaces the scheduler's ``get_lr`` with
+    ``functools.partial(static_lr, get_lr=<the scheduler's own get_lr>, ...)`` when a parameter group
+    keeps a fixed learning rate (SimSiam's and NNSiam's predictor). torch's ``LRScheduler.state_dict``
+    saves every instance attribute, so that partial lands in the checkpoint: under torch >= 2.6 the
+    default ``torch.load(weights_only=True)`` of Lightning's resume and of ``main_linear.py`` refuses it
+    ("Unsupported global: GLOBAL functools.partial"), and a full load restores a partial whose
+    ``get_lr`` is the partial itself (``RecursionError`` in ``static_lr``). It is no state:
+    ``configure_optimizers`` builds it again on every run, bound to the new scheduler; without it
+    the checkpoint holds plain data and the resumed learning rates are the uninterrupted run's."""
+    dropped = []
+    for state in checkpoint.get("lr_schedulers", None) or []:
+        if isinstance(state, dict):
+            for key in [k for k, v in state.items() if callable(v)]:
+                del state[key]
+                dropped.append(key)
+    return dropped
 
 
 @lru_cache(maxsize=None)

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from hvs_plugins.per_sample import breaks_per_sample, modules_run, ran_violations
+
 from .config import HVSConfig
 
 REUSE_METHODS = ("byol", "mocov3")
@@ -52,30 +54,15 @@ def check_reuse_config(method: str, hvs: HVSConfig) -> None:
             f"low-precision momentum outputs differ from the training step's. Remove autocast or {_FIX}")
 
 
-def _breaks_per_sample(m: nn.Module) -> Optional[str]:
-    """Why a module in train mode makes a sample's output depend on the batch or the RNG, or None."""
-    if not m.training:
-        return None
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return type(m).__name__
-    if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-        return f"{type(m).__name__}(p={m.p})"
-    if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
-        return f"MultiheadAttention(dropout={m.dropout})"
-    drop = getattr(m, "drop_prob", None)  # timm DropPath (stochastic depth)
-    if isinstance(drop, float) and drop > 0:
-        return f"{type(m).__name__}(drop_prob={drop})"
-    if type(m).__name__ == "StochasticDepth" and float(getattr(m, "p", 0.0)) > 0:  # torchvision
-        return f"StochasticDepth(p={m.p})"
-    return None
-
-
-def _refuse(found: list[tuple[str, str]], when: str) -> None:
+def _refuse(found: list[str], when: str) -> None:
+    """``found``: ``"where (why)"`` from :mod:`hvs_plugins.per_sample` (why: ``"BatchNorm1d"``,
+    ``"Dropout, p=0.1"``, ...), grouped per top-level network and kind of module."""
     if not found:
         return
     tops: dict[tuple[str, str], list[str]] = {}
-    for where, why in found:  # "momentum_projector has BatchNorm1d in train mode (momentum_projector.1)"
-        tops.setdefault((where.split(".")[0], why.split("(")[0]), []).append(where)
+    for item in found:  # "momentum_projector has BatchNorm1d in train mode (momentum_projector.1)"
+        where, why = item[:-1].split(" (", 1)
+        tops.setdefault((where.split(".")[0], why.split(",")[0]), []).append(where)
     parts = [f"{top} has {kind} in train mode ({', '.join(w[:3])}{', ...' if len(w) > 3 else ''})"
              for (top, kind), w in tops.items()]
     raise ValueError(
@@ -95,20 +82,10 @@ def check_momentum_networks(model: nn.Module, when: str = "in the method's momen
     """Refuse momentum networks that couple samples or draw random numbers in train mode (at
     setup, and again at each reusing selection: Lightning's ``train()`` may have flipped modes, and
     fused attention applies its dropout without calling the dropout module)."""
-    found = [(f"{top}.{n}" if n else top, why)
+    found = [f"{top}.{n} ({why})" if n else f"{top} ({why})"
              for top, net in momentum_modules(model) for n, m in net.named_modules()
-             if (why := _breaks_per_sample(m)) is not None]
+             if (why := breaks_per_sample(m)) is not None]
     _refuse(found, when)
-
-
-@contextlib.contextmanager
-def _modules_run() -> Iterator[list[nn.Module]]:
-    seen: list[nn.Module] = []
-    handle = nn.modules.module.register_module_forward_pre_hook(lambda mod, args: seen.append(mod))
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 class MomentumRecorder:
@@ -125,11 +102,9 @@ class MomentumRecorder:
     def __call__(self, momentum_forward: Callable[[torch.Tensor], dict], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``x: [B, C, H, W]`` → the momentum outputs ``[B, ...]`` in ``self.keys`` order."""
         bufs = [(n, b, b._version) for n, b in self.model.named_buffers()]
-        with _modules_run() as ran:
+        with modules_run() as ran:
             out = momentum_forward(x)
-        found = {id(m): (self.names.get(id(m), type(m).__name__), why)
-                 for m in ran if (why := _breaks_per_sample(m)) is not None}
-        _refuse(list(found.values()), "the selection's momentum forward ran")
+        _refuse(ran_violations(ran, self.names), "the selection's momentum forward ran")
         wrote = [n for n, b, v in bufs if b._version != v]
         if wrote:
             raise ValueError(
