@@ -22,7 +22,7 @@ import importlib.util
 from .hook import HardViewSelectionHook
 from .scoring import SUPPORTED, algorithm_name, score_pairs
 
-__all__ = ["HardViewSelectionHook", "SUPPORTED", "algorithm_name", "score_pairs", "registered_in"]
+__all__ = ["HardViewSelectionHook", "HardViewGeneratorHook", "SUPPORTED", "algorithm_name", "score_pairs", "registered_in"]
 
 registered_in: list[str] = []
 
@@ -66,3 +66,5 @@ if not registered_in:  # neither host importable: still usable with plain mmengi
 
     _MMENGINE_HOOKS.register_module(name="HardViewSelectionHook", module=HardViewSelectionHook, force=True)
     registered_in.append("mmengine")
+
+from .generator_hook import HardViewGeneratorHook  # noqa: E402  (registers itself where the selection hook is)
