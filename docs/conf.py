@@ -36,7 +36,7 @@ root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 myst_enable_extensions = ["colon_fence"]
-myst_heading_anchors = 3  # GitHub-style anchors (BENCHMARKS.md links to its own headings)
+myst_heading_anchors = 4  # GitHub-style anchors (BENCHMARKS.md links to its own headings; pages link to its H4s)
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # signatures carry the types; keeps the pages readable
