@@ -8,7 +8,6 @@ wait). Host tensors are counted and warned about at once, as :func:`warn_fallbac
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 

@@ -26,7 +26,7 @@ from lightly.transforms.dino_transform import DINOTransform  # noqa: E402
 from lightly.transforms.moco_transform import MoCoV2Transform  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hvs_plugins import CombinationSpace, Combinations, make_pairs  # noqa: E402
+from hvs_plugins import CombinationSpace  # noqa: E402
 from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss, register_pair_loss, supported_losses  # noqa: E402
 from hvs_plugins.adapters.lightly.loss import lookup  # noqa: E402
 

@@ -11,7 +11,7 @@ from torch import nn
 
 pytest.importorskip("lightly")
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss  # noqa: E402
-from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead  # noqa: E402
+from lightly.models.modules import BYOLProjectionHead  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 
 from hvs_plugins.adapters.lightly import HVSLoss  # noqa: E402

@@ -16,7 +16,6 @@ lowest-IoU fraction and the mean IoU of the trained pairs; figures go to ``--out
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 

@@ -319,9 +319,9 @@ class HardViewSelectionHook(Hook):
             if even >= 2 and even != have:
                 fixes.append(f"n_views={even} in the hook with num_views=[{even // 2}, {even // 2}] in MultiView"
                              + (" (a single pair: nothing to select)" if even == 2 else ""))
-        return (head + f"With two pipelines (asymmetric augmentation, e.g. BYOL / MoCo v3) the candidates are "
-                f"split evenly between them (num_views=[n_views / 2, n_views / 2]), so n_views must be even "
-                f"(the paper: 4): use " + ", or ".join(fixes) + ". MultiView is in train_dataloader.dataset.pipeline.")
+        return (head + "With two pipelines (asymmetric augmentation, e.g. BYOL / MoCo v3) the candidates are "
+                "split evenly between them (num_views=[n_views / 2, n_views / 2]), so n_views must be even "
+                "(the paper: 4): use " + ", or ".join(fixes) + ". MultiView is in train_dataloader.dataset.pipeline.")
 
     def _setup_swav(self, model) -> None:
         """SwAV: two views (``num_crops=[2]``, pairs) or multi-crop (``num_crops=[2, n]``, 2
@@ -341,7 +341,7 @@ class HardViewSelectionHook(Hook):
             raise ValueError(
                 f"HardViewSelectionHook(n_views={self.n_views}) for SwAV with num_crops={num_crops} needs "
                 f"MultiView num_views={want} ({self.n_views} global candidates"
-                + (f", 2 candidates per local crop" if n_local else "") + f"), got {num_views}"
+                + (", 2 candidates per local crop" if n_local else "") + f"), got {num_views}"
             )
         self._swav_n_local = n_local
         if n_local:  # even global candidates are crop 1 (queue half 1), odd ones crop 2
