@@ -227,6 +227,20 @@ def matched_from_curve(base: dict[str, dict], compute: float) -> Optional[float]
     return float(np.interp(x, xs, [k for _, k in pts]))
 
 
+def demo_summary(arms: dict[str, Any]) -> dict[str, Any]:
+    """What the demo prints of the curves of its setting (``arms``: ``budget["muted"]``):
+    ``{arm: {epochs: "mean ± std"}}`` for baseline, hvs and min_iou, HVS's compute per budget
+    (epochs of host steps) and the baseline read from its curve at that compute."""
+    out: dict[str, Any] = {"seeds": sorted({s for a in ("baseline", "hvs") for c in arms.get(a, {}).values() for s in c["seeds"]})}
+    for arm in ("baseline", "hvs", "min_iou"):
+        out[arm] = {e: _ms(c["knn"]) for e, c in sorted(arms.get(arm, {}).items(), key=lambda kv: int(kv[0]))}
+    out["hvs_compute"] = {e: round(c["compute"], 1) for e, c in arms.get("hvs", {}).items()}
+    base = arms.get("baseline", {})
+    ref = {e: matched_from_curve(base, c["compute"]) for e, c in arms.get("hvs", {}).items()} if len(base) >= 2 else {}
+    out["baseline_at_hvs_compute"] = {e: f"{v:.1%}" for e, v in ref.items() if v is not None}
+    return out
+
+
 def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1%} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.1%}"
 

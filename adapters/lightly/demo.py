@@ -33,14 +33,10 @@ _Images = Images  # the name older benchmark scripts use
 TINY_ARGV = ["--epochs", "1", "--n-images", "96", "--n-test", "40", "--n-bank", "96", "--batch-size", "32", "--image-size", "16",
              "--width", "8"]
 
-# What the effect study measured for the default setting (benchmarks/results/effect.json, "default":
-# cell "muted", 1 thread), printed next to a run's own numbers so that one seed is read against the
-# seed spread (mean ± std over the seeds).
-STUDY_DEFAULT: Optional[dict[str, Any]] = {
-    "seeds": [0, 1, 2], "knn_baseline": "91.9% ± 1.0%", "knn_hvs": "91.3% ± 5.6%",
-    "knn_baseline_compute_matched": "96.4% ± 1.8%", "compute_matched_epochs": 41,
-    "lowest_iou_fraction": "37.2% ± 0.7%",
-}
+# The accuracy-vs-compute curves of the default setting (benchmarks/effect_budget.py,
+# effect.json["budget"]["muted"], its demo_summary), printed next to a run's own numbers; the torch
+# build is the one constraints.txt pins (numbers differ between builds for the same seed).
+STUDY_BUDGET: Optional[dict[str, Any]] = {'seeds': [0, 1, 2], 'baseline': {'24': '88.7% ± 4.6%'}, 'hvs': {'24': '92.2% ± 3.4%'}, 'min_iou': {'24': '92.4% ± 3.0%'}, 'hvs_compute': {'24': 40.2}, 'baseline_at_hvs_compute': {}, 'torch': '2.14.1'}
 
 
 def candidate_figure(run: dict, images: np.ndarray, path: Path, n: int = 6) -> Path:
@@ -263,12 +259,16 @@ def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pair
     print(f"lowest-IoU fraction: {result['lowest_iou_fraction']:.1%} of samples trained on their lowest-IoU pair "
           f"(random pair: 1/{n_pairs} = {result['random_lowest_iou_fraction']:.1%}; paper: >40%)")
     print(f"mean IoU of training pairs: HVS {result['mean_selected_iou']:.3f} vs random {result['mean_random_iou']:.3f}")
-    study = STUDY_DEFAULT
+    study = STUDY_BUDGET
     if study and "knn_baseline" in result and _is_default(args):
-        print(f"effect study, this setting, seeds {study['seeds']} (benchmarks/effect.py): kNN baseline "
-              f"{study['knn_baseline']}, HVS {study['knn_hvs']}, compute-matched baseline "
-              f"({study['compute_matched_epochs']} epochs) {study['knn_baseline_compute_matched']}; "
-              f"lowest-IoU fraction {study['lowest_iou_fraction']}")
+        eps = " / ".join(study["baseline"])
+        print(f"effect study, this setting (benchmarks/effect_budget.py, seeds {study['seeds']}, torch {study['torch']}): "
+              f"kNN at {eps} epochs: baseline {' / '.join(study['baseline'].values())}; "
+              f"HVS {' / '.join(study['hvs'].values())}; min-IoU control {' / '.join(study['min_iou'].values())}")
+        at = study["baseline_at_hvs_compute"]
+        if at:
+            print("  the baseline given HVS's compute (its curve): "
+                  + "; ".join(f"{e} HVS epochs = {study['hvs_compute'][e]} host-step epochs -> {v}" for e, v in at.items()))
     print(f"figures: {'  '.join(result['figures'])}")
 
 
