@@ -184,7 +184,7 @@ class Budget:
             arms: dict[str, Any] = {}
             for arm in ARMS:
                 cells = {}
-                for e in EPOCHS:
+                for e in sorted(set(self.a.epochs) | {self.a.longest}):
                     ep = self.epochs(e)
                     seeds = SEEDS5 if (data == "muted" and e in (24, self.a.longest) and arm in ("baseline", "hvs", "min_iou")) else SEEDS3
                     runs = [self.load(data, arm, ep, s) for s in seeds]

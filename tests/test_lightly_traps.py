@@ -63,7 +63,7 @@ def images(n: int = 6, size: int = 32) -> list[Image.Image]:
 
 
 def collate(items: list) -> list[torch.Tensor]:
-    return [torch.stack([it[v] for it in items]) for v in range(len(items[0]))]
+    return torch.utils.data.default_collate(items)  # what a DataLoader does
 
 
 def state(*modules: nn.Module) -> dict:
@@ -126,7 +126,7 @@ def test_byol_transform_without_groups_is_refused_and_candidates_fix_it():
     model = BYOL()
     plain = HVSLoss(NegativeCosineSimilarity(), n_views=4)
     with pytest.raises(ValueError, match=r"HVSLoss\(groups=None\) scores all 6 pairs of the 4 candidates, same-pipeline pairs "
-                       r"included, but the loader's CandidateViews\(BYOLTransform\) has two different view pipelines.*"
+                       r"included, but the batch comes from CandidateViews\(BYOLTransform\) with two different view pipelines.*"
                        r"HVSLoss\(criterion, candidates=candidate_views\)"):
         plain.select(views, model, model.forward_momentum)
     fixed = HVSLoss(NegativeCosineSimilarity(), candidates=cv)  # n_views and groups from one source

@@ -39,7 +39,7 @@ from .layer_score import check_score_layer, layer_pair_losses
 from .ibot import dino_teacher_temp
 from .methods import multicrop_method
 from .registry import PairLossSpec, lookup, register_pair_loss, supported_losses  # noqa: F401 (public names)
-from .transforms import CandidateViews, asymmetric_candidates_in_use, check_multicrop_layout, layout_from_candidates
+from .transforms import CandidateList, CandidateViews, check_multicrop_layout, layout_from_candidates
 from .target_reuse import (
     check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs, refuse_stale_target,
     watch_parameters,
@@ -154,7 +154,7 @@ class HVSLoss(nn.Module):
         if not isinstance(criterion, nn.Module):
             raise TypeError(f"HVSLoss wraps a lightly loss module, got {type(criterion).__name__}")
         n_views, groups = layout_from_candidates(candidates, n_views, groups)
-        # groups=None with a two-pipeline CandidateViews in use is refused at the first selection
+        # groups=None on a batch of a two-pipeline CandidateViews is refused (select reads the batch's layout)
         self._layout_unchecked = groups is None and candidates is None
         self.criterion = criterion
         self.is_dino = _is_dino(criterion)
@@ -300,6 +300,8 @@ class HVSLoss(nn.Module):
             and isinstance(views[1], torch.Tensor) and views[1].dim() == 3
         ):  # (views, boxes) from CandidateViews(..., return_boxes=True)
             views, boxes = views
+        if self._layout_unchecked and isinstance(views, CandidateList) and views.groups is not None:
+            self._refuse_pipeline_mix(views)
         mods = _owner_modules([model, target]) + [self.criterion] + list(modules)
         # empty batch, non-tensor views: errors naming the fix
         views = check_candidate_views(views, modules=mods, same_shape=False)
@@ -364,9 +366,6 @@ class HVSLoss(nn.Module):
             if device is not None:
                 train_views = [to_device(v, device) for v in train_views]
         out_views = views if train_views is None else train_views
-        if self._layout_unchecked and target is not None:
-            self._layout_unchecked = False
-            self._refuse_pipeline_mix()
         if not active:
             a, b = self.selector.pairs[0].tolist()  # valid for cross-pipeline layouts too
             if pair_fn is not None:
@@ -408,12 +407,11 @@ class HVSLoss(nn.Module):
             return self._built_pair(pair_fn, selection.chosen, device)
         return selection.gather(out_views)
 
-    def _refuse_pipeline_mix(self) -> None:
-        cv = asymmetric_candidates_in_use(self.n_views)
-        if cv is not None:
+    def _refuse_pipeline_mix(self, views: CandidateList) -> None:
+        if self.spec is not None:  # two-view losses; multi-crop layouts are the method's own
             raise ValueError(
                 f"HVSLoss(groups=None) scores all {self.pairs.shape[0]} pairs of the {self.n_views} candidates, same-pipeline "
-                f"pairs included, but the loader's CandidateViews({cv.transform_name}) has two different view pipelines "
+                f"pairs included, but the batch comes from CandidateViews({views.transform_name}) with two different view pipelines "
                 "(even candidates from view transform 1, odd from view transform 2), so the method's asymmetric "
                 "augmentation would be lost. Build the loss from the transform: HVSLoss(criterion, "
                 "candidates=candidate_views) (or groups='interleaved'); to score all pairs on purpose, pass groups='all'."

@@ -1,7 +1,6 @@
 """N-candidate versions of lightly's multi-view transforms, with crop-box recording."""
 from __future__ import annotations
 
-import weakref
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -30,7 +29,6 @@ class CandidateViews:
     def __init__(self, transform: Any, n_views: int = 4, per_crop: int = 2, return_boxes: bool = False) -> None:
         ts = list(getattr(transform, "transforms", None) or [transform])
         self.transform_name = type(transform).__name__
-        _LIVE.add(self)
         self.return_boxes = return_boxes
         self.multicrop = len(ts) > 2
         if self.multicrop:
@@ -69,20 +67,19 @@ class CandidateViews:
             views, boxes = gv + lv, torch.cat([gb, lb])
         else:
             views, boxes = self.candidates(image)
+            views = CandidateList(views)
+            views.groups, views.transform_name = self.groups, self.transform_name
         return (views, boxes) if self.return_boxes else views
 
 
-# every CandidateViews alive in this process: HVSLoss(groups=None) checks that no two-pipeline one is
-# in use (the loader's transform is built in the main process, also with loader workers)
-_LIVE: "weakref.WeakSet[CandidateViews]" = weakref.WeakSet()
+class CandidateList(list):
+    """The candidate views of one image (and, collated, of a batch): a list that carries the
+    layout. ``groups``: None (one pipeline) or the candidate indices of each of two pipelines.
+    torch's default collate copies a list subclass with its attributes, so ``batch[0]`` still says
+    how its candidates were made; :class:`HVSLoss` refuses a layout it would score wrongly."""
 
-
-def asymmetric_candidates_in_use(n_views: int) -> Optional[CandidateViews]:
-    """A live two-pipeline (two-view) CandidateViews with ``n_views`` candidates when no
-    one-pipeline one with that count is alive too (then the layout is ambiguous: no verdict)."""
-    live = [cv for cv in list(_LIVE) if not cv.multicrop and cv.n_views == n_views]
-    asym = [cv for cv in live if cv.groups is not None]
-    return asym[0] if asym and len(asym) == len(live) else None
+    groups: Optional[list[list[int]]] = None
+    transform_name: str = ""
 
 
 def layout_from_candidates(candidates: Optional[CandidateViews], n_views: Optional[int],
