@@ -102,9 +102,9 @@ class HVSLoss(nn.Module):
     asymmetric pipelines (BYOL's two view transforms) ``"interleaved"`` (what
     :class:`CandidateViews` emits: even candidates from transform 1, odd from transform 2; only
     cross pairs are scored), ``"all"`` (every pair on purpose) or explicit index lists; ``None``
-    scores every pair, and is refused at the first selection with a momentum forward while a
-    two-pipeline ``CandidateViews`` (e.g. over ``BYOLTransform``) is in use. DINO: ``n_global_candidates`` (4 = 2 per global
-    crop), ``cap`` combinations compared per batch (the paper: 128) or ``exact=True`` for the true
+    scores every pair, and is refused on a batch from a two-pipeline ``CandidateViews`` (e.g. over
+    ``BYOLTransform``; the collated candidates carry their layout, ``CandidateList``). DINO:
+    ``n_global_candidates`` (4 = 2 per global crop), ``cap`` combinations compared per batch (the paper: 128) or ``exact=True`` for the true
     argmax over all combinations, ``global_pairing`` ``"cross"`` (default) or ``"any"``.
     ``resolution_scale``, ``chunk_size``, ``autocast_dtype``, ``seed``: as core ``HardViewSelector``.
     ``enabled=False`` turns selection off (``select`` returns the first pair / DINO's first layout).
