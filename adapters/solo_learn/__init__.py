@@ -1,7 +1,8 @@
 """HVS adapter for solo-learn (https://github.com/vturrisi/solo-learn).
 
-Switch HVS on with one config block, ``hvs: {n_views: 4}``, and run solo-learn's own
-``main_pretrain.py`` through the launcher::
+Switch HVS on with one config block, ``hvs: {n_views: 4}`` (learned hard views: add
+``generator: {eps: 0.05}``; the generator without selection: ``hvs: {enabled: false, generator: {...}}``,
+see :mod:`.config`), and run solo-learn's own ``main_pretrain.py`` through the launcher::
 
     python -m hvs_plugins.adapters.solo_learn.launch /path/to/solo-learn/main_pretrain.py \\
         --config-path ... --config-name ...
@@ -15,7 +16,17 @@ or keep running ``python main_pretrain.py`` and declare the Hydra callback in th
 
 Importing this package does not import solo-learn (it is imported only by the launcher).
 """
-from .config import EXACT_METHODS, KEYS, PROXY_METHODS, HVSConfig, check_method, parse_hvs_config
+from .config import (
+    EXACT_METHODS,
+    GENERATOR_KEYS,
+    KEYS,
+    PROXY_METHODS,
+    HVSConfig,
+    check_generator_method,
+    check_method,
+    parse_generator_block,
+    parse_hvs_config,
+)
 from .layout import CandidateLayout, candidate_layout, expanded_num_crops
 from .method import HVSMethodMixin, make_hvs_method
 from .patch import HVSMethods, expand_cfg_for_hvs, finish_cfg_for_hvs, hvs_parse_cfg, patch_main_globals
@@ -31,6 +42,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "EXACT_METHODS", "KEYS", "PROXY_METHODS", "HVSConfig", "check_method", "parse_hvs_config",
+    "GENERATOR_KEYS", "check_generator_method", "parse_generator_block",
     "CandidateLayout", "candidate_layout", "expanded_num_crops", "HVSMethodMixin", "make_hvs_method",
     "HVSMethods", "expand_cfg_for_hvs", "finish_cfg_for_hvs", "hvs_parse_cfg", "patch_main_globals",
     "HVSHydraCallback",

@@ -9,20 +9,34 @@ crops, plus the small crops). Everything else (online linear probe, kNN, momentu
 be scored (1 sample under train-mode BatchNorm) trains on the plain pair, counted
 (``hvs/unscorable_batches``). Checkpoints hold plain data only (see :func:`drop_scheduler_functions`).
 
+Learned hard views (``hvs.generator``, design §7): after the selection (or, with
+``hvs.enabled: false``, on the method's own crops) the two large crops go through the core
+:class:`hvs_plugins.HardViewGenerator`, normalised as solo-learn's augmentation pipelines normalise
+them; small crops (DINO / SwAV multi-crop) pass unchanged. The generator is trained against the
+method's loss through gradient reversal and its own Adam, stepped in ``on_train_batch_end`` (after
+Lightning's ``optimizer.step()``; with gradient accumulation only on the batches where the method's
+optimiser stepped, on every rank alike). It is not a submodule: the method's ``parameters()``,
+optimiser and ``state_dict()`` are solo-learn's own; its state is a separate checkpoint entry
+(``hvs_generator``).
+
 This module does not import solo-learn: the wrapper reads the method's attributes (``forward``,
 ``momentum_forward``, ``queue``, ``find_nn``, ``dino_loss_func``, ...), so it can be unit-tested
 with a stand-in class.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
 from hvs_plugins import (
     CombinationSpace,
+    HardViewGenerator,
     HardViewSelector,
     HVSSchedule,
     check_candidate_views,
@@ -30,6 +44,7 @@ from hvs_plugins import (
     dino_pair_losses,
     gather_views,
     invariance_proxy_pair_losses,
+    make_pairs,
     negative_cosine_pair_losses,
     ntxent_pair_losses,
     reason_from_error,
@@ -43,7 +58,9 @@ from hvs_plugins import (
 from hvs_plugins.devices import to_device
 from hvs_plugins.layer_scoring import cosine_distance_pair_losses, layer_forward, resolve_layer
 
-from .config import MULTICROP_METHODS, HVSConfig, check_method, parse_hvs_config
+from .config import MULTICROP_METHODS, HVSConfig, check_generator_method, check_method, parse_hvs_config
+from .generator import CHECKPOINT_KEY as GENERATOR_KEY
+from .generator import build_generator, large_crop_normalisation, to_cpu
 from .layout import CandidateLayout, candidate_layout
 from .scoring import (
     byol_pair_losses,
@@ -67,8 +84,21 @@ def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=1), dist.get_rank() * x.shape[1]
 
 
+# methods whose exact two-view scorer measures hvs_gen/hardness_gap (DINO: the two global crops' loss)
+GAP_METHODS = ("simsiam", "simclr", "byol", "mocov2plus", "mocov3", "dino", "nnclr", "nnsiam", "nnbyol", "ressl", "supcon")
+
+
 class HVSMethodMixin:
-    """Mixed in before a solo-learn method class by :func:`make_hvs_method`."""
+    """Mixed in before a solo-learn method class by :func:`make_hvs_method`.
+
+    ``hvs_selector`` / ``hvs_schedule``: the selection (None with ``hvs.enabled: false``);
+    ``hvs_generator``: the core :class:`HardViewGenerator` of ``hvs.generator`` (None without one) —
+    an attribute, not a submodule. Its hooks: ``on_train_epoch_start`` (``set_epoch``),
+    ``training_step`` (generation, ``hvs_gen/eps``, ``delta``, ``realised``, ``hardness_gap``),
+    ``on_train_batch_end`` (:meth:`hvs_generator_step`: its Adam step after the method's,
+    ``hvs_gen/loss``, ``steps``, ``skipped``), ``on_save_checkpoint`` / ``on_load_checkpoint``
+    (``hvs_generator``: weights, noise-stream positions, Adam state, schedule position, step count).
+    """
 
     hvs_method_name: str = ""
 
@@ -81,8 +111,63 @@ class HVSMethodMixin:
         method = str(cfg.method)
         hvs = parse_hvs_config(cfg.hvs)
         self.hvs_config: HVSConfig = hvs
-        self.hvs_mode = check_method(method, hvs)
         self.hvs_method_name = method
+        self.hvs_last: dict = {}
+        self._hvs_target_cache: Optional[list] = None
+        self.hvs_space: Optional[CombinationSpace] = None
+        self._hvs_global_order: Optional[torch.Tensor] = None
+        self.hvs_generator: Optional[HardViewGenerator] = None
+        self._hvs_gen_seen_step: Optional[int] = None
+        self._hvs_gen_calls = 0
+        self._hvs_gen_method_loss: Optional[torch.Tensor] = None
+        self._hvs_gen_gap_selector: Optional[HardViewSelector] = None
+        if hvs.selection:
+            self._hvs_setup_selection(cfg, method, hvs)
+        else:
+            self._hvs_setup_plain(cfg, method)
+        if hvs.generator is not None:
+            self._hvs_setup_generator(cfg, method, hvs)
+
+    def _hvs_setup_plain(self, cfg: Any, method: str) -> None:
+        """No selection (``hvs.enabled: false``): the method's own crops, the generator (if any) on the 2 large ones."""
+        self.hvs_mode = "off"
+        self.hvs_selector: Optional[HardViewSelector] = None
+        self.hvs_schedule: Optional[HVSSchedule] = None
+        if self.hvs_config.generator is None:  # nothing to do: the method's own training step, unchanged
+            self.hvs_layout = None  # type: ignore[assignment]
+            return
+        if getattr(self, "num_large_crops", 2) != 2:
+            raise ValueError(
+                f"the method was built with num_large_crops={self.num_large_crops}; hvs.generator makes the pair of "
+                "large crops harder: set the large pipelines' num_crops to 2 (one pipeline) or 1 and 1 (two)"
+            )
+        try:
+            self.hvs_layout: CandidateLayout = candidate_layout(cfg.augmentations, 2, small_candidates=False)
+        except ValueError as exc:
+            raise ValueError(
+                f"hvs.generator makes the pair of large crops harder, but {exc.args[0].split(':')[0]}: set the large "
+                "pipelines' num_crops to 2 (one pipeline) or 1 and 1 (two)"
+            ) from None
+
+    def _hvs_setup_generator(self, cfg: Any, method: str, hvs: HVSConfig) -> None:
+        """``hvs.generator``: the core generator, normalised as solo-learn's large-crop pipelines."""
+        check_generator_method(method)
+        assert hvs.generator is not None
+        mean, std = large_crop_normalisation(cfg)
+        self.hvs_generator = build_generator(hvs.generator, mean, std)
+        self.hvs_generator_gap_interval = int(hvs.generator.get("gap_interval", 0))
+        if self.hvs_generator_gap_interval:
+            if method not in GAP_METHODS:
+                raise ValueError(
+                    f"hvs.generator.gap_interval: the hardness gap is measured with the exact two-view scorer, which "
+                    f"exists for {', '.join(GAP_METHODS)}, not {method!r}: set gap_interval: 0"
+                )
+            ordered = method in ("mocov2plus", "ressl")  # asymmetric losses: crop 1 -> crop 2
+            self._hvs_gen_gap_selector = HardViewSelector(2, ordered=ordered, seed=0)
+            self._hvs_gen_gap_row = make_pairs(2, None, ordered).tolist().index([0, 1])
+
+    def _hvs_setup_selection(self, cfg: Any, method: str, hvs: HVSConfig) -> None:
+        self.hvs_mode = check_method(method, hvs)
         if getattr(self, "num_large_crops", 2) != 2:
             raise ValueError(
                 f"the method was built with num_large_crops={self.num_large_crops}; with HVS it must "
@@ -118,8 +203,6 @@ class HVSMethodMixin:
         self.hvs_schedule = HVSSchedule(
             every=hvs.every, probability=hvs.probability, start_epoch=hvs.start_epoch, seed=hvs.seed
         )
-        self.hvs_space: Optional[CombinationSpace] = None
-        self._hvs_global_order: Optional[torch.Tensor] = None
         if method in MULTICROP_METHODS and layout.n_small:
             pairing = hvs.global_pairing or ("cross" if layout.groups or swav_slots else "any")
             if pairing == "any" and swav_slots:
@@ -148,14 +231,12 @@ class HVSMethodMixin:
             )
             if method == "dino":  # solo-learn's DINO ignores small crops: head them, count them
                 self.dino_loss_func.num_large_crops = 2 + layout.n_small
-        self.hvs_last: dict = {}
         if hvs.score_layer is not None:  # APPROXIMATE layer scoring (two-view methods)
             if self.hvs_space is not None:
                 raise ValueError(f"hvs.score_layer is for two-view selection, not {method!r} multi-crop "
                                  "combinations: remove score_layer (or the small crops)")
             resolve_layer(self, hvs.score_layer)  # unknown name: an error listing the valid ones, now
             self.hvs_mode = "approximate"
-        self._hvs_target_cache: Optional[list] = None
         if hvs.reuse_target:  # refused at setup wherever reuse would not be exact
             check_reuse_config(method, hvs)
             check_momentum_networks(self)
@@ -171,8 +252,20 @@ class HVSMethodMixin:
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> Any:
         indexes, X, targets = batch
         X = [X] if isinstance(X, torch.Tensor) else list(X)
-        crops = self.hvs_select(X, indexes=indexes, targets=targets)
+        if self.hvs_selector is not None:
+            crops = self.hvs_select(X, indexes=indexes, targets=targets)
+        else:
+            crops = self._hvs_plain_crops(X, indexes, targets)
+        if self.hvs_generator is not None:
+            crops = self._hvs_generate(crops)
         cache, self._hvs_target_cache = self._hvs_target_cache, None
+        if self.hvs_generator is not None and self.hvs_generator.enabled:
+            with _classifier_losses(self) as class_losses:  # hvs_gen/loss: the method's own loss
+                out = super().training_step([indexes, crops, targets], batch_idx)
+            total = out.get("loss") if isinstance(out, Mapping) else out
+            if isinstance(total, torch.Tensor):
+                self._hvs_gen_method_loss = total.detach() - sum(v.detach() for v in class_losses)
+            return out
         if not cache:
             return super().training_step([indexes, crops, targets], batch_idx)
         # hvs.reuse_target: the momentum outputs of the two selected views come from the selection
@@ -180,6 +273,116 @@ class HVSMethodMixin:
             out = super().training_step([indexes, crops, targets], batch_idx)
         self.hvs_last["target_reused"] = len(hits)
         return out
+
+    def _hvs_plain_crops(self, X: list, indexes: Any, targets: Any) -> list:
+        """No selection: the method's own crops, checked."""
+        self._hvs_indexes, self._hvs_targets = indexes, targets
+        self.hvs_last = {}
+        if self.hvs_layout is not None and len(X) != self.hvs_layout.n_crops_out:
+            raise ValueError(
+                f"the method expected {self.hvs_layout.n_crops_out} crops per batch (2 large + "
+                f"{self.hvs_layout.n_small} small), got {len(X)}: with hvs.enabled: false the data pipeline is "
+                "solo-learn's own; build the config with hvs_parse_cfg (the launcher or the Hydra callback)"
+            )
+        return X
+
+    # ------------------------------------------------------- learned hard views (hvs.generator)
+    def _hvs_generate(self, crops: list) -> list:
+        """The two large crops -> the generator's views (gradient reversal into the generator); small crops unchanged."""
+        gen = self.hvs_generator
+        assert gen is not None
+        trainer = getattr(self, "_trainer", None)
+        self._hvs_gen_seen_step = int(trainer.global_step) if trainer is not None else None
+        if not gen.enabled:
+            return crops
+        if not getattr(self, "_hvs_gen_announced", False):
+            self._hvs_gen_announced = True
+            sched = gen.schedule
+            eps = (f"eps {sched.eps_end:g}" if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end else
+                   f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs")
+            small = f" (the {len(crops) - 2} small crops pass unchanged)" if len(crops) > 2 else ""
+            print(f"[hvs] first generation by {type(self).__name__}: the 2 large crops of {len(crops)}{small}, {eps} "
+                  f"([0, 1] pixel units), {'one shared generator' if gen.shared else 'a pair of generators'}"
+                  + (" after the selection" if self.hvs_selector is not None else " (no selection)"))
+        view_a, view_b = gen(crops[0], crops[1])
+        self._hvs_gen_calls += 1
+        stats: dict = {"hvs_gen/eps": float(gen.eps)}
+        deltas = [d for n in gen.networks if isinstance(d := n.last_delta, torch.Tensor)]
+        real = [r for n in gen.networks if isinstance(r := n.last_realised, torch.Tensor)]
+        if deltas:
+            stats["hvs_gen/delta"] = torch.cat(deltas).mean()
+        if real:
+            stats["hvs_gen/realised"] = torch.cat(real).mean()
+        if self._hvs_gen_gap_selector is not None:
+            step = self._hvs_gen_seen_step if self._hvs_gen_seen_step is not None else self._hvs_gen_calls - 1
+            if step % self.hvs_generator_gap_interval == 0:  # the same steps on every rank (collectives inside)
+                gap = self.hvs_generator_gap([crops[0], crops[1]], [view_a.detach(), view_b.detach()])
+                if gap is not None:
+                    stats["hvs_gen/hardness_gap"] = gap
+        self.hvs_last["generator"] = stats
+        self._hvs_gen_log(stats)
+        return [view_a, view_b] + list(crops[2:])
+
+    def hvs_generator_gap(self, inputs: Sequence[torch.Tensor], generated: Sequence[torch.Tensor]) -> Optional[float]:
+        """The method's loss on the generated pair minus its loss on the input pair (mean over the batch), both
+        from the exact two-view scorer at the current weights: no gradients, parameters, BatchNorm statistics,
+        queues, momentum networks and RNG left as they were (DINO: the two global crops' loss). None where it
+        cannot be scored (a 1-sample batch under train-mode BatchNorm)."""
+        sel = self._hvs_gen_gap_selector
+        if sel is None:
+            raise ValueError("set hvs.generator.gap_interval > 0 to measure the hardness gap")
+        if unscorable_reason(list(inputs), [self]) is not None:
+            return None
+        row = self._hvs_gen_gap_row
+        with sel.scoring(self.hvs_scoring_modules()):
+            before = self.hvs_pair_losses(sel.forward_views(self._hvs_forward_fn(), list(inputs), 2), sel.pairs)[row]
+            after = self.hvs_pair_losses(sel.forward_views(self._hvs_forward_fn(), list(generated), 2), sel.pairs)[row]
+        self.hvs_last["generator_gap_losses"] = {"input": float(before.mean()), "generated": float(after.mean())}
+        return float(after.mean() - before.mean())
+
+    def hvs_generator_step(self, loss: Optional[torch.Tensor] = None) -> None:
+        """The generator's update (its own Adam; under DDP its gradients averaged over the ranks first): call
+        after the method's optimiser step, on every rank. ``on_train_batch_end`` does it in a Trainer run;
+        call it yourself in a hand-written loop. ``loss``: recorded as ``hvs_gen/loss`` (``-reverse_scale ·``
+        loss); default: the method's own loss of the last ``training_step`` (the step's loss minus the online
+        classifiers' cross-entropies, which give the views no gradient)."""
+        gen = self.hvs_generator
+        if gen is None:
+            return
+        if loss is None:
+            loss = self._hvs_gen_method_loss
+        self._hvs_gen_method_loss = None
+        gen.step(loss.detach() if isinstance(loss, torch.Tensor) else None)
+        if gen.enabled:
+            stats: dict = {"hvs_gen/steps": float(gen.steps)}
+            if gen.last_loss is not None:
+                stats["hvs_gen/loss"] = gen.last_loss
+            if gen.skipped:
+                stats["hvs_gen/skipped"] = float(gen.skipped)
+            self._hvs_gen_log(stats)
+
+    def _hvs_gen_log(self, stats: dict) -> None:
+        if getattr(self, "_trainer", None) is None or not self.hvs_config.log_stats:
+            return
+        self.log_dict(stats, on_step=True, on_epoch=False, sync_dist=False)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()  # type: ignore[misc]
+        if self.hvs_generator is not None:
+            self.hvs_generator.set_epoch(int(self.current_epoch))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]  # e.g. momentum updates
+        if self.hvs_generator is None:
+            return
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and self._hvs_gen_seen_step is not None and int(trainer.global_step) == self._hvs_gen_seen_step:
+            return  # gradient accumulation: the method's optimiser did not step; the generator accumulates too
+        loss = self._hvs_gen_method_loss  # the method's own loss of this step (without the online classifiers')
+        if loss is None:
+            found = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            loss = found if isinstance(found, torch.Tensor) else None
+        self.hvs_generator_step(loss)
 
     def hvs_scoring_modules(self) -> list[torch.nn.Module]:
         """Networks the selection forward touches (the guard saves/restores their buffers). The
@@ -193,6 +396,8 @@ class HVSMethodMixin:
         ``targets: [M]``: the batch's sample indexes and labels (DeepClusterV2 reads its k-means
         assignments by index, SupCon's positives are the samples of the same label)."""
         layout = self.hvs_layout
+        if self.hvs_selector is None:
+            raise ValueError("hvs.enabled is false: this method does not select (training_step passes its crops on)")
         self._hvs_indexes, self._hvs_targets = indexes, targets
         self._hvs_target_cache = None
         if len(X) != layout.n_crops_in:
@@ -468,9 +673,12 @@ class HVSMethodMixin:
         super_hook = getattr(super(), "on_save_checkpoint", None)
         if super_hook is not None:
             super_hook(checkpoint)
-        checkpoint["hvs_selector"] = self.hvs_selector.state_dict()
-        checkpoint["hvs_schedule"] = self.hvs_schedule.state_dict()
-        checkpoint["hvs_unscorable"] = self.hvs_selector.unscorable.state_dict()
+        if self.hvs_selector is not None and self.hvs_schedule is not None:
+            checkpoint["hvs_selector"] = self.hvs_selector.state_dict()
+            checkpoint["hvs_schedule"] = self.hvs_schedule.state_dict()
+            checkpoint["hvs_unscorable"] = self.hvs_selector.unscorable.state_dict()
+        if self.hvs_generator is not None:  # weights, noise positions, Adam, schedule position, steps
+            checkpoint[GENERATOR_KEY] = to_cpu(self.hvs_generator.state_dict())
         drop_scheduler_functions(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -480,12 +688,49 @@ class HVSMethodMixin:
         super_hook = getattr(super(), "on_load_checkpoint", None)
         if super_hook is not None:
             super_hook(checkpoint)
-        if "hvs_selector" in checkpoint:
-            self.hvs_selector.load_state_dict(checkpoint["hvs_selector"])
-        if "hvs_schedule" in checkpoint:
-            self.hvs_schedule.load_state_dict(checkpoint["hvs_schedule"])
-        if "hvs_unscorable" in checkpoint:
-            self.hvs_selector.unscorable.load_state_dict(checkpoint["hvs_unscorable"])
+        if self.hvs_selector is not None and self.hvs_schedule is not None:
+            if "hvs_selector" in checkpoint:
+                self.hvs_selector.load_state_dict(checkpoint["hvs_selector"])
+            if "hvs_schedule" in checkpoint:
+                self.hvs_schedule.load_state_dict(checkpoint["hvs_schedule"])
+            if "hvs_unscorable" in checkpoint:
+                self.hvs_selector.unscorable.load_state_dict(checkpoint["hvs_unscorable"])
+        if GENERATOR_KEY in checkpoint and self.hvs_generator is not None:
+            self.hvs_generator.load_state_dict(checkpoint[GENERATOR_KEY])
+        elif GENERATOR_KEY in checkpoint:
+            warnings.warn("the checkpoint holds a hard-view generator (hvs_generator) but the config has no "
+                          "hvs.generator: the generator is not restored", stacklevel=2)
+        elif self.hvs_generator is not None and "state_dict" in checkpoint:
+            warnings.warn("the checkpoint holds no hard-view generator (saved without hvs.generator): the generator "
+                          "starts from its initial weights", stacklevel=2)
+
+
+# what solo-learn's BaseMethod / BaseMomentumMethod log for their online classifiers (added to the step's loss)
+_CLASSIFIER_LOSS_KEYS = ("train_class_loss", "train_momentum_class_loss")
+
+
+@contextlib.contextmanager
+def _classifier_losses(model: Any) -> Iterator[list[torch.Tensor]]:
+    """For the body (one ``training_step``): the online classifiers' losses as solo-learn logs them
+    (``log_dict`` forwarded unchanged). The step's loss minus them is the method's own loss: the
+    classifiers see detached features, so they give the views (and the generator) no gradient."""
+    found: list[torch.Tensor] = []
+    real = model.log_dict
+    had = "log_dict" in model.__dict__
+
+    def log_dict(dictionary: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(dictionary, Mapping):
+            found.extend(v for k, v in dictionary.items() if k in _CLASSIFIER_LOSS_KEYS and isinstance(v, torch.Tensor))
+        return real(dictionary, *args, **kwargs)
+
+    model.log_dict = log_dict  # instance attribute shadows the method for this step only
+    try:
+        yield found
+    finally:
+        if had:
+            model.log_dict = real
+        else:
+            del model.log_dict
 
 
 def drop_scheduler_functions(checkpoint: dict) -> list[str]:

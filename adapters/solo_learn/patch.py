@@ -6,13 +6,17 @@ replaces its ``parse_cfg`` with :func:`hvs_parse_cfg`, which, when the config ha
 block, multiplies the large pipelines' ``num_crops`` (so the loader emits the candidates), calls
 solo-learn's own ``parse_cfg``, sets ``cfg.data.num_large_crops`` back to 2, and points the
 module's ``METHODS`` at the HVS versions of the methods. Without an ``hvs`` block nothing changes.
+
+The learned hard-view generator without selection (``hvs: {enabled: false, generator: {...}}``)
+keeps solo-learn's crops as they are (2 large crops, its small crops) and only points ``METHODS``
+at the wrapped classes, whose ``training_step`` runs the generator on the two large crops.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Callable, MutableMapping
 
-from .config import MULTICROP_METHODS, check_method, parse_hvs_config
+from .config import MULTICROP_METHODS, check_generator_method, check_method, parse_hvs_config
 from .layout import candidate_layout, expanded_num_crops
 from .method import make_hvs_method
 
@@ -48,15 +52,21 @@ def hvs_block(cfg: Any) -> Any:
 
 def expand_cfg_for_hvs(cfg: Any) -> Any:
     """Before solo-learn's ``parse_cfg``: validate ``hvs`` and the method, and multiply the crops
-    (idempotent: a marker ``hvs._expanded`` is set)."""
+    (idempotent: a marker ``hvs._expanded`` is set). Without selection (``hvs.enabled: false``, a
+    generator only) the crops stay as they are."""
     hvs = parse_hvs_config(hvs_block(cfg))
-    check_method(str(cfg.method), hvs)
+    if hvs.selection:
+        check_method(str(cfg.method), hvs)
+    if hvs.generator is not None:
+        check_generator_method(str(cfg.method))
     data = cfg.get("data", None) if hasattr(cfg, "get") else None
     if data is not None and hasattr(data, "get") and data.get("format", None) == "dali":
         raise ValueError(
             "HVS does not support solo-learn's DALI data format (its loader is built from "
             "cfg.data.num_large_crops); use data.format: image_folder or h5"
         )
+    if not hvs.selection:
+        return cfg
     if not bool(cfg.hvs.get("_expanded", False)):
         nums = expanded_num_crops(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method in MULTICROP_METHODS))
         for aug, n in zip(cfg.augmentations, nums):
@@ -68,6 +78,8 @@ def expand_cfg_for_hvs(cfg: Any) -> Any:
 def finish_cfg_for_hvs(cfg: Any) -> Any:
     """After solo-learn's ``parse_cfg``: the method sees 2 large crops (and its small crops)."""
     hvs = parse_hvs_config(hvs_block(cfg))
+    if not hvs.selection:  # generator only: solo-learn's own crop counts
+        return cfg
     layout = candidate_layout(cfg.augmentations, hvs.n_views, small_candidates=(cfg.method in MULTICROP_METHODS))
     cfg.data.num_large_crops = 2
     cfg.data.num_small_crops = layout.n_small
@@ -81,7 +93,7 @@ def hvs_parse_cfg(parse_cfg: Callable[[Any], Any], on_hvs: Callable[[], None] = 
 
     def parse_cfg_with_hvs(cfg: Any) -> Any:
         block = hvs_block(cfg)
-        if block is None or not parse_hvs_config(block).enabled:
+        if block is None or not parse_hvs_config(block).active:
             return parse_cfg(cfg)
         try:
             from omegaconf import DictConfig, OmegaConf
@@ -95,10 +107,17 @@ def hvs_parse_cfg(parse_cfg: Callable[[Any], Any], on_hvs: Callable[[], None] = 
         cfg = finish_cfg_for_hvs(cfg)
         on_hvs()
         hvs = parse_hvs_config(hvs_block(cfg))
-        print(
-            f"[hvs] Hard View Selection on for {cfg.method}: {hvs.n_views} candidate large crops, "
-            f"{cfg.data.num_small_crops} small crops, settings {hvs.as_dict()}"
-        )
+        if hvs.selection:
+            print(
+                f"[hvs] Hard View Selection on for {cfg.method}: {hvs.n_views} candidate large crops, "
+                f"{cfg.data.num_small_crops} small crops, settings {hvs.as_dict()}"
+            )
+        if hvs.generator is not None:
+            print(
+                f"[hvs] learned hard-view generator {'on' if hvs.generator.get('enabled', True) else 'DISABLED'} for "
+                f"{cfg.method} ({'after the selection' if hvs.selection else 'without selection'}; the 2 large crops), "
+                f"settings {hvs.generator}"
+            )
         return cfg
 
     setattr(parse_cfg_with_hvs, _PATCHED, True)
