@@ -11,6 +11,7 @@ then on fresh candidate batches (N=4) every setting's chosen pair is compared wi
 ``benchmarks/results/agreement.json`` (a part run alone replaces only its own entries; the layer
 part is under ``"score_layer"``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,15 @@ def settings_agreement(argv=None) -> dict:
     run = demo.train(args, images, hvs=False, device=torch.device("cpu"), desc="train (baseline)")
     model = run["model"]
     transform = CandidateViews(SimSiamTransform(input_size=args.image_size, gaussian_blur=0.0, min_scale=0.2), n_views=4)
-    loader = torch.utils.data.DataLoader(demo._Images(images, transform), batch_size=128, shuffle=True,
-                                         generator=torch.Generator().manual_seed(7))
+    loader = torch.utils.data.DataLoader(
+        demo._Images(images, transform), batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(7)
+    )
     settings = {
-        "res 0.75": dict(resolution_scale=0.75), "res 0.5": dict(resolution_scale=0.5), "res 0.25": dict(resolution_scale=0.25),
-        "bf16": dict(autocast_dtype=torch.bfloat16), "bf16 + res 0.5": dict(autocast_dtype=torch.bfloat16, resolution_scale=0.5),
+        "res 0.75": dict(resolution_scale=0.75),
+        "res 0.5": dict(resolution_scale=0.5),
+        "res 0.25": dict(resolution_scale=0.25),
+        "bf16": dict(autocast_dtype=torch.bfloat16),
+        "bf16 + res 0.5": dict(autocast_dtype=torch.bfloat16, resolution_scale=0.5),
         "joint_views": dict(joint_views=True),
     }
     ref = HVSLoss(NegativeCosineSimilarity(), n_views=4)
@@ -83,8 +88,11 @@ def main(argv=None) -> dict:
     if a.part in ("all", "layers"):
         import agreement_layers
 
-        kw = dict(batch=8, n_batches=1, train_steps=1, reps=1, size=16) if a.tiny else dict(
-            batch=a.batch, n_batches=a.n_batches, train_steps=a.train_steps, reps=a.reps, size=a.size)
+        kw = (
+            dict(batch=8, n_batches=1, train_steps=1, reps=1, size=16)
+            if a.tiny
+            else dict(batch=a.batch, n_batches=a.n_batches, train_steps=a.train_steps, reps=a.reps, size=a.size)
+        )
         out["score_layer"] = agreement_layers.main(**kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -9,6 +9,7 @@ with the exact selection (the loss's own per-sample objective, full resolution, 
 ratio: HVS step (selection through ``HVSLoss.select`` + the host step) over the host step alone,
 interleaved, process CPU time, median over reps, as ``benchmarks/bench.py`` measures it.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -39,7 +40,7 @@ def photo_patches(n: int, size: int = 48, seed: int = 0) -> list:
     for i in range(n):
         im = photos[i % len(photos)]
         y, x = rng.integers(0, im.shape[0] - size), rng.integers(0, im.shape[1] - size)
-        out.append(Image.fromarray(np.ascontiguousarray(im[y:y + size, x:x + size, :3])))
+        out.append(Image.fromarray(np.ascontiguousarray(im[y : y + size, x : x + size, :3])))
     return out
 
 
@@ -49,8 +50,9 @@ def _cpu_time(fn) -> float:
     return time.process_time() - c0
 
 
-def run_method(method: str, batch: int, n_batches: int, train_steps: int, reps: int, size: int,
-               resolutions: list[float], log=print) -> dict:
+def run_method(
+    method: str, batch: int, n_batches: int, train_steps: int, reps: int, size: int, resolutions: list[float], log=print
+) -> dict:
     from lightly.loss import NegativeCosineSimilarity, NTXentLoss
     from lightly.transforms import SimCLRTransform, SimSiamTransform
 
@@ -78,7 +80,7 @@ def run_method(method: str, batch: int, n_batches: int, train_steps: int, reps: 
     cand = CandidateViews(tf, n_views=4)
     batches = []
     for b in range(n_batches + 2):
-        views = [cand(im) for im in images[b * batch:(b + 1) * batch]]
+        views = [cand(im) for im in images[b * batch : (b + 1) * batch]]
         batches.append([torch.stack([v[k] for v in views]) for k in range(4)])
     t0 = time.perf_counter()
     model.train()
@@ -121,22 +123,47 @@ def run_method(method: str, batch: int, n_batches: int, train_steps: int, reps: 
     opt.load_state_dict(opt_state)
     rows = {}
     for name in timed:
-        rows[name] = dict(agreement=None if name == "exact res 1.0" else agree[name] / n,
-                          ratio=statistics.median(ratios[name]), ratio_min=min(ratios[name]), ratio_max=max(ratios[name]))
+        rows[name] = dict(
+            agreement=None if name == "exact res 1.0" else agree[name] / n,
+            ratio=statistics.median(ratios[name]),
+            ratio_min=min(ratios[name]),
+            ratio_max=max(ratios[name]),
+        )
         a = rows[name]["agreement"]
-        log(f"  {method:8s} {name:18s} agreement {'   ref' if a is None else f'{a:6.1%}'}  step ratio x{rows[name]['ratio']:.3f} "
-            f"[{rows[name]['ratio_min']:.2f}-{rows[name]['ratio_max']:.2f}]")
+        log(
+            f"  {method:8s} {name:18s} agreement {'   ref' if a is None else f'{a:6.1%}'}  step ratio x{rows[name]['ratio']:.3f} "
+            f"[{rows[name]['ratio_min']:.2f}-{rows[name]['ratio_max']:.2f}]"
+        )
     return dict(rows=rows, samples=n)
 
 
-def main(batch: int = 32, n_batches: int = 4, train_steps: int = 10, reps: int = 3, size: int = 32,
-         resolutions: Optional[list[float]] = None, threads: int = 1, log=print) -> dict:
+def main(
+    batch: int = 32,
+    n_batches: int = 4,
+    train_steps: int = 10,
+    reps: int = 3,
+    size: int = 32,
+    resolutions: Optional[list[float]] = None,
+    threads: int = 1,
+    log=print,
+) -> dict:
     torch.set_num_threads(threads)
     resolutions = resolutions or [1.0, 0.5]
     t0 = time.perf_counter()
-    out = {"setup": dict(backbone="resnet18 (cifar-pool stem)", image_size=size, batch=batch, n_views=4,
-                         train_steps=train_steps, reps=reps, threads=threads, clock="process CPU time",
-                         data="scikit-image sample photo patches", chance=1 / 6)}
+    out = {
+        "setup": dict(
+            backbone="resnet18 (cifar-pool stem)",
+            image_size=size,
+            batch=batch,
+            n_views=4,
+            train_steps=train_steps,
+            reps=reps,
+            threads=threads,
+            clock="process CPU time",
+            data="scikit-image sample photo patches",
+            chance=1 / 6,
+        )
+    }
     for method in ("simsiam", "simclr"):
         out[method] = run_method(method, batch, n_batches, train_steps, reps, size, resolutions, log)
     out["setup"]["wall_s"] = round(time.perf_counter() - t0, 1)

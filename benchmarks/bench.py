@@ -21,6 +21,7 @@ the time of our own arithmetic (pair enumeration, pair losses, argmax, gather, p
 and the resize) measured separately on the actual tensors of the step, over the median HVS step time.
 Targets are checked at the end (PASS / MISS lines); they are not unit tests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,37 +50,81 @@ from hvs_plugins import CombinationSpace, HVSSchedule  # noqa: E402
 # ----------------------------------------------------------------------------- profiles
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(
-        device="cpu", threads=1, arch="resnet18", stem="cifar-pool", image_size=32, batch=64,
+        device="cpu",
+        threads=1,
+        arch="resnet18",
+        stem="cifar-pool",
+        image_size=32,
+        batch=64,
         dino=dict(backbone="resnet18", global_size=32, local_size=16, n_local=8, batch=64, out_dim=2048),
-        resolutions=[1.0, 0.75, 0.5, 0.25], reps=5, warmup=1, dino_reps=3, autocast=None,
-        hosts=["lightly", "mmselfsup", "solo-learn"], methods=["simsiam", "simclr", "dino"],
-        mm_resolutions=[1.0, 0.5], knob_steps=8, knob_reps=2, variants=True, memory=True,
+        resolutions=[1.0, 0.75, 0.5, 0.25],
+        reps=5,
+        warmup=1,
+        dino_reps=3,
+        autocast=None,
+        hosts=["lightly", "mmselfsup", "solo-learn"],
+        methods=["simsiam", "simclr", "dino"],
+        mm_resolutions=[1.0, 0.5],
+        knob_steps=8,
+        knob_reps=2,
+        variants=True,
+        memory=True,
     ),
     "gpu": dict(
-        device="cuda", threads=None, arch="resnet50", stem="imagenet", image_size=224, batch=128,
+        device="cuda",
+        threads=None,
+        arch="resnet50",
+        stem="imagenet",
+        image_size=224,
+        batch=128,
         dino=dict(backbone="vit_s16", global_size=224, local_size=96, n_local=8, batch=64, out_dim=65536),
-        resolutions=[1.0, 0.75, 0.5, 0.25], reps=20, warmup=3, dino_reps=20, autocast="bfloat16",
-        hosts=["lightly", "mmselfsup", "solo-learn"], methods=["simsiam", "simclr", "dino"],
-        mm_resolutions=[1.0, 0.75, 0.5, 0.25], knob_steps=8, knob_reps=5, variants=True, memory=True,
+        resolutions=[1.0, 0.75, 0.5, 0.25],
+        reps=20,
+        warmup=3,
+        dino_reps=20,
+        autocast="bfloat16",
+        hosts=["lightly", "mmselfsup", "solo-learn"],
+        methods=["simsiam", "simclr", "dino"],
+        mm_resolutions=[1.0, 0.75, 0.5, 0.25],
+        knob_steps=8,
+        knob_reps=5,
+        variants=True,
+        memory=True,
     ),
     "smoke": dict(
-        device="cpu", threads=1, arch="small", stem="cifar-pool", image_size=16, batch=4,
+        device="cpu",
+        threads=1,
+        arch="small",
+        stem="cifar-pool",
+        image_size=16,
+        batch=4,
         dino=dict(backbone="small", global_size=16, local_size=8, n_local=2, batch=4, out_dim=128),
-        resolutions=[1.0, 0.5], reps=1, warmup=0, dino_reps=1, autocast=None,
-        hosts=["lightly"], methods=["simsiam", "simclr", "dino"],
-        mm_resolutions=[1.0], knob_steps=2, knob_reps=1, variants=False, memory=True, smoke=True,
+        resolutions=[1.0, 0.5],
+        reps=1,
+        warmup=0,
+        dino_reps=1,
+        autocast=None,
+        hosts=["lightly"],
+        methods=["simsiam", "simclr", "dino"],
+        mm_resolutions=[1.0],
+        knob_steps=2,
+        knob_reps=1,
+        variants=False,
+        memory=True,
+        smoke=True,
     ),
 }
 
 TARGETS = {
-    ("simsiam", 1.0): 1.40, ("simsiam", 0.5): 1.12,
-    ("dino", 1.0): 1.75, ("dino", 0.5): 1.35,
+    ("simsiam", 1.0): 1.40,
+    ("simsiam", 0.5): 1.12,
+    ("dino", 1.0): 1.75,
+    ("dino", 0.5): 1.35,
 }
 CORE_SHARE_TARGET = 0.02
 EXACT_SEARCH_TARGET_MS = 1.0
 MEMORY_TARGET = 1.05
-PAPER_TABLE14 = {"simsiam": {1.0: 1.55, 0.75: 1.45, 0.5: 1.24, 0.25: 1.16},
-                 "dino": {1.0: 2.15, 0.75: 1.68, 0.5: 1.56, 0.25: 1.5}}
+PAPER_TABLE14 = {"simsiam": {1.0: 1.55, 0.75: 1.45, 0.5: 1.24, 0.25: 1.16}, "dino": {1.0: 2.15, 0.75: 1.68, 0.5: 1.56, 0.25: 1.5}}
 
 # split along its concepts: timing/memory helpers, models, benchmark cases (host step vs HVS step)
 from bench_cases import Case, lightly_dino, lightly_two_view, mmselfsup_case  # noqa: E402
@@ -87,8 +132,9 @@ from bench_timing import CLOCK, PeakMemory, micro, timed, timed2  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- runners
-def run_case(case: Case, variants: list[dict], reps: int, warmup: int, device: torch.device,
-             meta: dict, log: Callable[[str], None]) -> tuple[Case, list[dict], list[dict], list]:
+def run_case(
+    case: Case, variants: list[dict], reps: int, warmup: int, device: torch.device, meta: dict, log: Callable[[str], None]
+) -> tuple[Case, list[dict], list[dict], list]:
     """Interleaved A (host), B (HVS variant) timings. Memory and core share come later
     (:func:`finish_case`), after every timing: pinning glibc's mmap threshold for the memory pass
     changes allocation speed for the rest of the process."""
@@ -115,19 +161,39 @@ def run_case(case: Case, variants: list[dict], reps: int, warmup: int, device: t
     for i, v in enumerate(variants):
         ratios = [bt / at for at, bt in zip(host_t[i], hvs_t[i])]
         rec = dict(meta)
-        rec.update(kind="step", host=case.host, method=case.method, variant=v.get("name", "default"),
-                   resolution=v["resolution"], joint_views=v.get("joint_views", False),
-                   autocast=str(v.get("autocast", meta.get("autocast"))), batch=case.batch, image_size=case.image_size,
-                   backbone=case.backbone, n_views=case.n_views, cap=case.cap, reps=reps, notes=case.notes,
-                   ratio=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-                   host_ms=statistics.median(host_t[i]) * 1e3, hvs_ms=statistics.median(hvs_t[i]) * 1e3,
-                   clock=CLOCK["name"], wall_ratio=statistics.median([bw / aw for aw, bw in zip(host_w[i], hvs_w[i])]),
-                   host_wall_ms=statistics.median(host_w[i]) * 1e3, hvs_wall_ms=statistics.median(hvs_w[i]) * 1e3,
-                   memory_ratio=None, memory_delta_ratio=None)
+        rec.update(
+            kind="step",
+            host=case.host,
+            method=case.method,
+            variant=v.get("name", "default"),
+            resolution=v["resolution"],
+            joint_views=v.get("joint_views", False),
+            autocast=str(v.get("autocast", meta.get("autocast"))),
+            batch=case.batch,
+            image_size=case.image_size,
+            backbone=case.backbone,
+            n_views=case.n_views,
+            cap=case.cap,
+            reps=reps,
+            notes=case.notes,
+            ratio=statistics.median(ratios),
+            ratio_min=min(ratios),
+            ratio_max=max(ratios),
+            host_ms=statistics.median(host_t[i]) * 1e3,
+            hvs_ms=statistics.median(hvs_t[i]) * 1e3,
+            clock=CLOCK["name"],
+            wall_ratio=statistics.median([bw / aw for aw, bw in zip(host_w[i], hvs_w[i])]),
+            host_wall_ms=statistics.median(host_w[i]) * 1e3,
+            hvs_wall_ms=statistics.median(hvs_w[i]) * 1e3,
+            memory_ratio=None,
+            memory_delta_ratio=None,
+        )
         records.append(rec)
-        log(f"  {rec['host']:9s} {rec['method']:34s} {rec['variant']:12s} res {rec['resolution']:.2f}: "
+        log(
+            f"  {rec['host']:9s} {rec['method']:34s} {rec['variant']:12s} res {rec['resolution']:.2f}: "
             f"ratio x{rec['ratio']:.3f} [{rec['ratio_min']:.2f}-{rec['ratio_max']:.2f}]  host {rec['host_ms']:.0f} ms  "
-            f"HVS {rec['hvs_ms']:.0f} ms ({CLOCK['name']} clock; wall ratio x{rec['wall_ratio']:.3f})")
+            f"HVS {rec['hvs_ms']:.0f} ms ({CLOCK['name']} clock; wall ratio x{rec['wall_ratio']:.3f})"
+        )
     return case, variants, records, batches
 
 
@@ -139,26 +205,42 @@ def finish_case(case: Case, variants: list[dict], records: list[dict], batches: 
             case.configure(v)
             ha, hd = mem.measure(lambda: case.host_step(batches[0]))
             ba, bd = mem.measure(lambda: case.hvs_step(batches[0], v))
-            rec.update(memory_ratio=ba / ha, memory_delta_ratio=(bd / hd) if hd > 0 else None,
-                       host_peak_mb=ha / 2 ** 20, hvs_peak_mb=ba / 2 ** 20, host_step_mb=hd / 2 ** 20,
-                       hvs_step_mb=bd / 2 ** 20, memory_method=mem.note)
+            rec.update(
+                memory_ratio=ba / ha,
+                memory_delta_ratio=(bd / hd) if hd > 0 else None,
+                host_peak_mb=ha / 2**20,
+                hvs_peak_mb=ba / 2**20,
+                host_step_mb=hd / 2**20,
+                hvs_step_mb=bd / 2**20,
+                memory_method=mem.note,
+            )
         case.configure(v)
         parts = case.core_times(batches[0], v)
         core_ms = sum(parts.values()) * 1e3
-        rec.update(core_ms=core_ms, core_parts_ms={k: round(x * 1e3, 4) for k, x in parts.items()},
-                   core_share=core_ms / rec["hvs_ms"])
-        mr = "n/a" if rec.get("memory_ratio") is None else f"x{rec['memory_ratio']:.3f} (step delta {rec['host_step_mb']:.0f} -> {rec['hvs_step_mb']:.0f} MB)"
-        log(f"  {rec['host']:9s} {rec['method']:34s} {rec['variant']:12s} res {rec['resolution']:.2f}: "
+        rec.update(core_ms=core_ms, core_parts_ms={k: round(x * 1e3, 4) for k, x in parts.items()}, core_share=core_ms / rec["hvs_ms"])
+        mr = (
+            "n/a"
+            if rec.get("memory_ratio") is None
+            else f"x{rec['memory_ratio']:.3f} (step delta {rec['host_step_mb']:.0f} -> {rec['hvs_step_mb']:.0f} MB)"
+        )
+        log(
+            f"  {rec['host']:9s} {rec['method']:34s} {rec['variant']:12s} res {rec['resolution']:.2f}: "
             f"memory {mr}  core {rec['core_share']:.2%} ({rec['core_ms']:.2f} ms: "
-            + ", ".join(f"{k} {x:.2f}" for k, x in rec["core_parts_ms"].items()) + ")")
+            + ", ".join(f"{k} {x:.2f}" for k, x in rec["core_parts_ms"].items())
+            + ")"
+        )
 
 
 def run_knobs(case: Case, prof: dict, device: torch.device, meta: dict, log) -> list[dict]:
     """Amortised cost of HVSSchedule: every k steps, with probability p, from epoch e (steps where
     HVS is off train on the first two candidates, i.e. the host step)."""
     steps, reps = prof["knob_steps"], prof["knob_reps"]
-    knobs = [("every", dict(every=2)), ("every", dict(every=4)), ("probability", dict(probability=0.5)),
-             ("start_epoch", dict(start_epoch=1))]
+    knobs = [
+        ("every", dict(every=2)),
+        ("every", dict(every=4)),
+        ("probability", dict(probability=0.5)),
+        ("start_epoch", dict(start_epoch=1)),
+    ]
     v = {"resolution": 1.0}
     case.configure(v)
     batch = case.make_candidates()
@@ -167,6 +249,7 @@ def run_knobs(case: Case, prof: dict, device: torch.device, meta: dict, log) -> 
         a_t, b_t, ratios, fractions = [], [], [], []
         sched = HVSSchedule(seed=0, **kw)
         for r in range(reps):
+
             def host_run():
                 for _ in range(steps):
                     case.host_step(batch)
@@ -184,10 +267,24 @@ def run_knobs(case: Case, prof: dict, device: torch.device, meta: dict, log) -> 
             ratios.append(bt / at)
             fractions.append(sum(active) / steps)
         rec = dict(meta)
-        rec.update(kind="knob", host=case.host, method=case.method, resolution=1.0, knob=name, knob_args=kw,
-                   ratio=statistics.median(ratios), hvs_fraction=statistics.mean(fractions), steps=steps, reps=reps,
-                   batch=case.batch, image_size=case.image_size, n_views=case.n_views, cap=case.cap,
-                   memory_ratio=None, core_share=None)
+        rec.update(
+            kind="knob",
+            host=case.host,
+            method=case.method,
+            resolution=1.0,
+            knob=name,
+            knob_args=kw,
+            ratio=statistics.median(ratios),
+            hvs_fraction=statistics.mean(fractions),
+            steps=steps,
+            reps=reps,
+            batch=case.batch,
+            image_size=case.image_size,
+            n_views=case.n_views,
+            cap=case.cap,
+            memory_ratio=None,
+            core_share=None,
+        )
         out.append(rec)
         log(f"  knob {name}={list(kw.values())[0]}: amortised ratio x{rec['ratio']:.3f} (HVS on {rec['hvs_fraction']:.0%} of steps)")
     return out
@@ -204,9 +301,22 @@ def exact_search_timing(device: torch.device, meta: dict, log, batch: int = 256)
     recs = []
     for name, t, cap in (("exact_search", exact, None), ("capped_search", capped, 128)):
         rec = dict(meta)
-        rec.update(kind=name, host="core", method="dino", resolution=None, ratio=None, memory_ratio=None,
-                   core_share=None, batch=batch, image_size=None, n_views=20, cap=cap, ms=t * 1e3,
-                   ms_per_256=t * 1e3 * 256 / batch, combinations=space.size)
+        rec.update(
+            kind=name,
+            host="core",
+            method="dino",
+            resolution=None,
+            ratio=None,
+            memory_ratio=None,
+            core_share=None,
+            batch=batch,
+            image_size=None,
+            n_views=20,
+            cap=cap,
+            ms=t * 1e3,
+            ms_per_256=t * 1e3 * 256 / batch,
+            combinations=space.size,
+        )
         recs.append(rec)
         log(f"  {name} over {space.size} combinations (4G+16L, 8 locals), ce [4, 20, {batch}]: {t * 1e3:.3f} ms")
     return recs
@@ -235,20 +345,37 @@ def check_targets(records: list[dict], log) -> list[dict]:
         for r in steps:
             base_method = r["method"].split(" ")[0]
             if base_method == method and r["resolution"] == res and r["variant"] != "default":
-                check(f"[variant] {r['host']} {r['method']} {_layout(r)} {r['variant']} ratio at {res:.0%}", r["ratio"], limit, lambda x: f"x{x:.3f}")
+                check(
+                    f"[variant] {r['host']} {r['method']} {_layout(r)} {r['variant']} ratio at {res:.0%}",
+                    r["ratio"],
+                    limit,
+                    lambda x: f"x{x:.3f}",
+                )
     worst = max(steps, key=lambda r: r["core_share"]) if steps else None
     if worst:
-        check(f"core share (worst: {worst['host']} {worst['method']} {worst['variant']} res {worst['resolution']})",
-              worst["core_share"], CORE_SHARE_TARGET, lambda x: f"{x:.2%}")
+        check(
+            f"core share (worst: {worst['host']} {worst['method']} {worst['variant']} res {worst['resolution']})",
+            worst["core_share"],
+            CORE_SHARE_TARGET,
+            lambda x: f"{x:.2%}",
+        )
     for r in records:
         if r["kind"] == "exact_search":
-            check("exact DINO search per 256 samples (CPU)" if r["device"] == "cpu" else "exact DINO search per 256 samples",
-                  r["ms_per_256"], EXACT_SEARCH_TARGET_MS, lambda x: f"{x:.3f} ms")
+            check(
+                "exact DINO search per 256 samples (CPU)" if r["device"] == "cpu" else "exact DINO search per 256 samples",
+                r["ms_per_256"],
+                EXACT_SEARCH_TARGET_MS,
+                lambda x: f"{x:.3f} ms",
+            )
     mems = [r for r in steps if r.get("memory_ratio") is not None and r["variant"] == "default"]
     if mems:
         worst = max(mems, key=lambda r: r["memory_ratio"])
-        check(f"peak memory (worst: {worst['host']} {worst['method']} res {worst['resolution']})", worst["memory_ratio"],
-              MEMORY_TARGET, lambda x: f"x{x:.3f}")
+        check(
+            f"peak memory (worst: {worst['host']} {worst['method']} res {worst['resolution']})",
+            worst["memory_ratio"],
+            MEMORY_TARGET,
+            lambda x: f"x{x:.3f}",
+        )
     else:
         log("n/a   peak memory: not measurable here")
     return checks
@@ -272,15 +399,26 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     p.add_argument("--dino-reps", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="batch of the two-view methods (GPU: the largest that fits)")
     p.add_argument("--dino-batch", type=int, default=None)
-    p.add_argument("--dino-backbone", choices=["resnet18", "resnet50", "vit_tiny", "vit_s16", "small"], default=None,
-                   help="DINO backbone instead of the profile's (records are labelled 'dino (<backbone>)')")
+    p.add_argument(
+        "--dino-backbone",
+        choices=["resnet18", "resnet50", "vit_tiny", "vit_s16", "small"],
+        default=None,
+        help="DINO backbone instead of the profile's (records are labelled 'dino (<backbone>)')",
+    )
     p.add_argument("--knob-reps", type=int, default=None)
     p.add_argument("--knob-steps", type=int, default=None)
     p.add_argument("--no-exact-search", action="store_true")
-    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
-                   help="step timer: wall (default on GPU) or process CPU time (default on CPU: robust on a shared machine)")
-    p.add_argument("--append", action="store_true",
-                   help="merge into an existing JSON (records of the (host, method) pairs run now replace the old ones)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="step timer: wall (default on GPU) or process CPU time (default on CPU: robust on a shared machine)",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="merge into an existing JSON (records of the (host, method) pairs run now replace the old ones)",
+    )
     a = p.parse_args(argv)
     prof = copy.deepcopy(PROFILES[a.profile])
     for key in ("threads", "reps", "warmup", "hosts", "methods", "resolutions"):
@@ -305,8 +443,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         torch.set_num_threads(prof["threads"])
     CLOCK["name"] = a.clock or ("cpu" if device.type == "cpu" else "wall")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    out_path = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / (
-        "cpu.json" if device.type == "cpu" else dev_name.lower().replace(" ", "-") + ".json")
+    out_path = (
+        Path(a.out)
+        if a.out
+        else ROOT / "benchmarks" / "results" / ("cpu.json" if device.type == "cpu" else dev_name.lower().replace(" ", "-") + ".json")
+    )
     lines: list[str] = []
 
     def log(s: str) -> None:
@@ -314,12 +455,23 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         print(s, flush=True)
 
     import lightly
-    meta = dict(device=dev_name, profile=a.profile, threads=torch.get_num_threads(), torch=torch.__version__,
-                lightly=lightly.__version__, hvs_plugins=hvs_plugins.__version__, cpu=platform.processor() or platform.machine(),
-                autocast=prof["autocast"], load_start=[round(x, 2) for x in os.getloadavg()])
+
+    meta = dict(
+        device=dev_name,
+        profile=a.profile,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        lightly=lightly.__version__,
+        hvs_plugins=hvs_plugins.__version__,
+        cpu=platform.processor() or platform.machine(),
+        autocast=prof["autocast"],
+        load_start=[round(x, 2) for x in os.getloadavg()],
+    )
     meta["clock"] = CLOCK["name"]
-    log(f"HVS benchmark, profile {a.profile}: device {dev_name}, {meta['threads']} threads, load {meta['load_start']}, "
-        f"{CLOCK['name']} clock")
+    log(
+        f"HVS benchmark, profile {a.profile}: device {dev_name}, {meta['threads']} threads, load {meta['load_start']}, "
+        f"{CLOCK['name']} clock"
+    )
     mem = None if a.no_memory or not prof["memory"] else PeakMemory(device)
     records: list[dict] = []
     t_start = time.perf_counter()
@@ -330,8 +482,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         cpu_bf16 = device.type == "cpu"
         fix_variants = [{"name": "joint_views", "resolution": 1.0, "joint_views": True, "memory": False}]
         if cpu_bf16:
-            fix_variants += [{"name": "bf16", "resolution": 1.0, "autocast": "bfloat16", "memory": False},
-                             {"name": "bf16", "resolution": 0.5, "autocast": "bfloat16", "memory": False}]
+            fix_variants += [
+                {"name": "bf16", "resolution": 1.0, "autocast": "bfloat16", "memory": False},
+                {"name": "bf16", "resolution": 0.5, "autocast": "bfloat16", "memory": False},
+            ]
         else:
             fix_variants += [{"name": "fp32", "resolution": 1.0, "autocast": None, "memory": False}]
 
@@ -353,28 +507,35 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     for host in prof["hosts"]:
         for method in prof["methods"]:
             if host == "lightly" and method in ("simsiam", "simclr"):
+
                 def go(method=method):
                     case = lightly_two_view(method, prof, device, 4)
                     recs = timing(case, default_variants + (fix_variants if method == "simsiam" else []), prof["reps"])
                     if method == "simsiam" and not a.no_knobs:
                         recs += run_knobs(case, prof, device, meta, log)
                     return recs
+
                 records += stage(f"lightly {method} (N=4)", go)
             elif host == "lightly" and method == "dino":
+
                 def go_dino():
                     case = lightly_dino(prof, device, cap=None, exact=True, backbone=a.dino_backbone)
                     vs = default_variants + [dict(v) for v in fix_variants if v["resolution"] == 1.0 and v["name"] != "joint_views"]
                     # teacher reuse is exact (and allowed by the adapter) only without BatchNorm: ViTs
                     if fix_variants and (a.dino_backbone or prof["dino"]["backbone"]).startswith("vit"):
                         vs += [{"name": "reuse_teacher", "resolution": 1.0, "reuse_teacher": True, "memory": False}]
-                        vs += [dict(v, name=v["name"] + "+reuse_teacher", reuse_teacher=True) for v in fix_variants
-                               if v["resolution"] == 1.0 and v["name"] != "joint_views"]
+                        vs += [
+                            dict(v, name=v["name"] + "+reuse_teacher", reuse_teacher=True)
+                            for v in fix_variants
+                            if v["resolution"] == 1.0 and v["name"] != "joint_views"
+                        ]
                     recs = timing(case, vs, prof["dino_reps"])
                     if a.only_variants:
                         return recs
                     capped = lightly_dino(prof, device, cap=128, exact=False, backbone=a.dino_backbone)
                     recs += timing(capped, [{"name": "cap128", "resolution": 1.0, "memory": False}], prof["dino_reps"])
                     return recs
+
                 records += stage("lightly dino (4G+16L candidates, 2G+8L trained)", go_dino)
             elif host == "solo-learn":
                 if method != prof["methods"][0]:
@@ -384,15 +545,20 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                     import importlib
 
                     importlib.import_module("solo")  # ImportError -> SKIPPED with the reason
-                    raise NotImplementedError("solo-learn is importable, but its cases are not in this benchmark yet "
-                                              "(the adapter's method wrapper is the place to time)")
+                    raise NotImplementedError(
+                        "solo-learn is importable, but its cases are not in this benchmark yet "
+                        "(the adapter's method wrapper is the place to time)"
+                    )
+
                 records += stage("solo-learn", solo)
             elif host == "mmselfsup" and method in ("simsiam", "simclr"):
                 mm_vars = [{"resolution": r} for r in prof["mm_resolutions"]]
                 forwards = [True] if method == "simsiam" else [True, False]
                 for pf in forwards:
-                    records += stage(f"mmselfsup {method} (N=4{', pair forward' if method == 'simclr' and pf else ''})",
-                                     lambda pf=pf, method=method: timing(mmselfsup_case(method, prof, device, 4, pf), mm_vars, prof["reps"]))
+                    records += stage(
+                        f"mmselfsup {method} (N=4{', pair forward' if method == 'simclr' and pf else ''})",
+                        lambda pf=pf, method=method: timing(mmselfsup_case(method, prof, device, 4, pf), mm_vars, prof["reps"]),
+                    )
     log("\n== peak memory and core share (after all timings)")
     for c, vs, recs, batches in pending:
         stage(f"{c.host} {c.method}", lambda: finish_case(c, vs, recs, batches, mem, log))
@@ -404,8 +570,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         r["load_end"] = [round(x, 2) for x in os.getloadavg()]
     log(f"\n== targets (wall {time.perf_counter() - t_start:.0f} s, load now {[round(x, 2) for x in os.getloadavg()]})")
     if a.append and out_path.is_file():
-        key = lambda r: (r["host"], r["method"], r["kind"], r.get("variant"), r.get("resolution"), r.get("cap"),  # noqa: E731
-                         json.dumps(r.get("knob_args"), sort_keys=True))
+        key = lambda r: (  # noqa: E731
+            r["host"],
+            r["method"],
+            r["kind"],
+            r.get("variant"),
+            r.get("resolution"),
+            r.get("cap"),
+            json.dumps(r.get("knob_args"), sort_keys=True),
+        )
         fresh = {key(r) for r in records}
         old = [r for r in json.loads(out_path.read_text()) if key(r) not in fresh]
         records = old + records

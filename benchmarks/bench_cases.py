@@ -1,4 +1,5 @@
 """Benchmark cases of ``bench.py``: per (host, method), the host's own step and the HVS step on shared candidate batches."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -118,9 +119,21 @@ def lightly_two_view(method: str, prof: dict, device: torch.device, n_views: int
             out["resize"] = micro(lambda: [resize_views(x, v["resolution"]) for x in views], device)
         return out
 
-    return Case("lightly", method, batch, size, f"{prof['arch']} ({prof['stem']} stem)", n_views, None,
-                lambda: _views(n_views, batch, size, device, gen), host, hvs, core, configure,
-                resolutions=list(prof["resolutions"]))
+    return Case(
+        "lightly",
+        method,
+        batch,
+        size,
+        f"{prof['arch']} ({prof['stem']} stem)",
+        n_views,
+        None,
+        lambda: _views(n_views, batch, size, device, gen),
+        host,
+        hvs,
+        core,
+        configure,
+        resolutions=list(prof["resolutions"]),
+    )
 
 
 def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bool, backbone: Optional[str] = None) -> Case:
@@ -157,7 +170,7 @@ def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bo
         opt.zero_grad()
 
     def candidates():
-        return (_views(4, batch, d["global_size"], device, gen) + _views(2 * n_local, batch, d["local_size"], device, gen))
+        return _views(4, batch, d["global_size"], device, gen) + _views(2 * n_local, batch, d["local_size"], device, gen)
 
     def configure(v: dict) -> None:
         sel = crit.selector
@@ -209,9 +222,22 @@ def lightly_dino(prof: dict, device: torch.device, cap: Optional[int], exact: bo
 
     size = f"2x{d['global_size']}+{n_local}x{d['local_size']}"
     label = "dino" if d is prof["dino"] else f"dino ({d['backbone']})"
-    return Case("lightly", label, batch, size, d["backbone"] + (f" ({prof['stem']} stem)" if d["backbone"].startswith("resnet") else ""),
-                4 + 2 * n_local, None if exact else cap, candidates, host, hvs, core, configure,
-                notes="exact search" if exact else f"cap {cap}", resolutions=list(prof["resolutions"]))
+    return Case(
+        "lightly",
+        label,
+        batch,
+        size,
+        d["backbone"] + (f" ({prof['stem']} stem)" if d["backbone"].startswith("resnet") else ""),
+        4 + 2 * n_local,
+        None if exact else cap,
+        candidates,
+        host,
+        hvs,
+        core,
+        configure,
+        notes="exact search" if exact else f"cap {cap}",
+        resolutions=list(prof["resolutions"]),
+    )
 
 
 def mmselfsup_case(method: str, prof: dict, device: torch.device, n_views: int, pair_forward: bool = True) -> Case:
@@ -234,16 +260,41 @@ def mmselfsup_case(method: str, prof: dict, device: torch.device, n_views: int, 
     backbone = dict(type="ResNet", depth=depth, in_channels=3, out_indices=[4], norm_cfg=dict(type="BN"))
     if method == "simsiam":
         proj = 2048 if feat >= 2048 else 512
-        cfg = dict(type="SimSiam", data_preprocessor=pre, backbone=backbone,
-                   neck=dict(type="NonLinearNeck", in_channels=feat, hid_channels=proj, out_channels=proj, num_layers=3,
-                             with_last_bn_affine=False, with_avg_pool=True),
-                   head=dict(type="LatentPredictHead", loss=dict(type="CosineSimilarityLoss"),
-                             predictor=dict(type="NonLinearNeck", in_channels=proj, hid_channels=proj // 4, out_channels=proj,
-                                            with_avg_pool=False, with_last_bn=False, with_last_bias=True)))
+        cfg = dict(
+            type="SimSiam",
+            data_preprocessor=pre,
+            backbone=backbone,
+            neck=dict(
+                type="NonLinearNeck",
+                in_channels=feat,
+                hid_channels=proj,
+                out_channels=proj,
+                num_layers=3,
+                with_last_bn_affine=False,
+                with_avg_pool=True,
+            ),
+            head=dict(
+                type="LatentPredictHead",
+                loss=dict(type="CosineSimilarityLoss"),
+                predictor=dict(
+                    type="NonLinearNeck",
+                    in_channels=proj,
+                    hid_channels=proj // 4,
+                    out_channels=proj,
+                    with_avg_pool=False,
+                    with_last_bn=False,
+                    with_last_bias=True,
+                ),
+            ),
+        )
     else:
-        cfg = dict(type="SimCLR", data_preprocessor=pre, backbone=backbone,
-                   neck=dict(type="NonLinearNeck", in_channels=feat, hid_channels=feat, out_channels=128, num_layers=2, with_avg_pool=True),
-                   head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.1))
+        cfg = dict(
+            type="SimCLR",
+            data_preprocessor=pre,
+            backbone=backbone,
+            neck=dict(type="NonLinearNeck", in_channels=feat, hid_channels=feat, out_channels=128, num_layers=2, with_avg_pool=True),
+            head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.1),
+        )
     torch.manual_seed(0)
     model = MODELS.build(cfg)
     if prof["stem"] in ("cifar", "cifar-pool"):  # same small-image stem as the lightly cases
@@ -252,8 +303,7 @@ def mmselfsup_case(method: str, prof: dict, device: torch.device, n_views: int, 
             model.backbone.maxpool = nn.Identity()
     model = model.to(device)
     optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4))
-    hook = HardViewSelectionHook(n_views=n_views, simclr_pair_forward=pair_forward, log_stats=False,
-                                 autocast_dtype=prof["autocast"])
+    hook = HardViewSelectionHook(n_views=n_views, simclr_pair_forward=pair_forward, log_stats=False, autocast_dtype=prof["autocast"])
     hook.algorithm = "SimSiam" if method == "simsiam" else "SimCLR"
     size, batch = prof["image_size"], prof["batch"]
     gen = torch.Generator().manual_seed(3)
@@ -265,8 +315,12 @@ def mmselfsup_case(method: str, prof: dict, device: torch.device, n_views: int, 
         return [torch.randint(0, 256, (batch, 3, size, size), generator=gen, dtype=torch.uint8) for _ in range(n_views)]
 
     def configure(v: dict) -> None:
-        hook.selector = HardViewSelector(n_views, resolution_scale=v["resolution"], joint_views=v.get("joint_views", False),
-                                         autocast_dtype=_dtype(v.get("autocast", prof["autocast"])))
+        hook.selector = HardViewSelector(
+            n_views,
+            resolution_scale=v["resolution"],
+            joint_views=v.get("joint_views", False),
+            autocast_dtype=_dtype(v.get("autocast", prof["autocast"])),
+        )
 
     def host(views):
         model.train_step({"inputs": [views[0], views[1]], "data_samples": samples}, optim)
@@ -298,8 +352,21 @@ def mmselfsup_case(method: str, prof: dict, device: torch.device, n_views: int, 
         return out
 
     name = method + ("" if method != "simclr" else (" (pair forward, exact)" if pair_forward else " (per-view forward, approx.)"))
-    return Case("mmselfsup", name, batch, size, f"{prof['arch']} ({prof['stem']} stem)", n_views, None,
-                candidates, host, hvs, core, configure, resolutions=list(prof["mm_resolutions"]))
+    return Case(
+        "mmselfsup",
+        name,
+        batch,
+        size,
+        f"{prof['arch']} ({prof['stem']} stem)",
+        n_views,
+        None,
+        candidates,
+        host,
+        hvs,
+        core,
+        configure,
+        resolutions=list(prof["mm_resolutions"]),
+    )
 
 
 def _enter_exit(ctx) -> None:

@@ -1,4 +1,5 @@
 """Models of ``bench.py``: torchvision ResNets with CIFAR/ImageNet stems, a small ViT, SimSiam / SimCLR / DINO heads."""
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* modules
 if importlib.util.find_spec("hvs_plugins") is None and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # not installed: the core from the checkout (an installed copy wins)
-
 
 
 # ----------------------------------------------------------------------------- models
@@ -41,7 +41,7 @@ class ViT(nn.Module):
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.grid = image_size // patch
-        self.pos = nn.Parameter(torch.randn(1, 1 + self.grid ** 2, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 1 + self.grid**2, dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)

@@ -1,4 +1,5 @@
 """Timing and peak-memory helpers of ``bench.py`` (interleaved medians, CUDA sync, peak RSS / CUDA memory)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -18,7 +19,6 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench_* modules
 if importlib.util.find_spec("hvs_plugins") is None and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # not installed: the core from the checkout (an installed copy wins)
-
 
 
 # ----------------------------------------------------------------------------- timing / memory helpers
@@ -61,9 +61,7 @@ class PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.available = device.type == "cuda" or (
-            sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
-        )
+        self.available = device.type == "cuda" or (sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs"))
         self.note = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM), glibc mmap threshold 64 KiB"
         self._pinned = False
 

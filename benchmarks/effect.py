@@ -15,6 +15,7 @@ Writes ``<out>/effect.json`` (one entry per cell and ``"default"``, the cell cho
 bars), ``<out>/effect_grid.png``, ``<out>/effect_training.png``, ``<out>/iou_histogram.png`` and
 prints the markdown tables of BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # the base cell, spelled out (independent of the demo's defaults, which follow the study's choice)
-BASE_FLAGS = ["--data", "photos", "--method", "simclr", "--aug", "standard", "--static-colour", "--eager-colour",
-              "--lr-floor", "0", "--eval-every", "4", "--workers", "0"]
+BASE_FLAGS = [
+    "--data",
+    "photos",
+    "--method",
+    "simclr",
+    "--aug",
+    "standard",
+    "--static-colour",
+    "--eager-colour",
+    "--lr-floor",
+    "0",
+    "--eval-every",
+    "4",
+    "--workers",
+    "0",
+]
 # the second grid's base: muted shapes, cosine to 35% of the learning rate, training colour drawn
 # after the selection (StaticColourViews(deferred=True)) (the demo's defaults)
 MUTED = ["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour", "--workers", "0"]
@@ -54,11 +69,19 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "muted_b32": (["--data", "shapes-muted", "--batch-size", "32"], "shapes, muted colours, batch 32 (2x the steps)"),
     "muted_lr1": (["--data", "shapes-muted", "--lr", "1.0"], "shapes, muted colours, learning rate x2"),
     # pilots (baselines only): 24 epochs with the learning-rate floor; 16 px
-    "muted_floor24": (["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour"], "shapes, muted colours, cosine to 35% of the learning rate"),
+    "muted_floor24": (
+        ["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour"],
+        "shapes, muted colours, cosine to 35% of the learning rate",
+    ),
     "muted16": (["--data", "shapes-muted", "--image-size", "16", "--no-eager-colour"], "shapes, muted colours, 16 px"),
-    "muted16_32": (["--data", "shapes-muted", "--image-size", "16", "--epochs", "32", "--no-eager-colour"], "shapes, muted colours, 16 px, 32 epochs"),
-    "muted20": (["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour", "--epochs", "20", "--eval-every", "5"],
-                "shapes, muted colours, lr floor 35%, 20 epochs"),
+    "muted16_32": (
+        ["--data", "shapes-muted", "--image-size", "16", "--epochs", "32", "--no-eager-colour"],
+        "shapes, muted colours, 16 px, 32 epochs",
+    ),
+    "muted20": (
+        ["--data", "shapes-muted", "--lr-floor", "0.35", "--no-eager-colour", "--epochs", "20", "--eval-every", "5"],
+        "shapes, muted colours, lr floor 35%, 20 epochs",
+    ),
     # the second grid, around MUTED
     "muted": (MUTED, "muted shapes, lr floor 35%, colour after selection"),
     "muted_plain": (MUTED + ["--no-static-colour"], "muted base, HVS without static colour"),
@@ -74,10 +97,28 @@ CELLS: dict[str, tuple[list[str], str]] = {
     "4x": (["--epochs", "96", "--eval-every", "8"], "4x budget (96 epochs)"),
     "start12": (["--hvs-start-epoch", "12"], "HVS from epoch 12 of 24"),
 }
-HVS_ONLY = {"select_by", "score_layer", "static_colour", "static_flip", "eager_colour", "resolution_scale", "hvs_probability", "hvs_start_epoch", "n_views"}
+HVS_ONLY = {
+    "select_by",
+    "score_layer",
+    "static_colour",
+    "static_flip",
+    "eager_colour",
+    "resolution_scale",
+    "hvs_probability",
+    "hvs_start_epoch",
+    "n_views",
+}
 IGNORED = {"threads", "device", "out", "tiny", "parallel"}
 # flags added after runs were cached: at these values they leave the cache keys as they were
-LATER_FLAGS = {"generator": "none", "select_by": "loss", "score_layer": None, "static_flip": False, "eager_colour": True, "lr_floor": 0.0, "workers": 0}
+LATER_FLAGS = {
+    "generator": "none",
+    "select_by": "loss",
+    "score_layer": None,
+    "static_flip": False,
+    "eager_colour": True,
+    "lr_floor": 0.0,
+    "workers": 0,
+}
 BINS = np.linspace(0, 1, 21)
 
 
@@ -92,8 +133,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _key(args: argparse.Namespace, arm: str, epochs: int) -> str:
     """Cache key of a run: baselines ignore the HVS-only flags, so cells share their baselines."""
-    fields = {k: v for k, v in sorted(vars(args).items()) if k not in IGNORED and not (arm != "hvs" and k in HVS_ONLY)
-              and not (k in LATER_FLAGS and v == LATER_FLAGS[k]) and not (k == "eager_colour" and not args.static_colour)}
+    fields = {
+        k: v
+        for k, v in sorted(vars(args).items())
+        if k not in IGNORED
+        and not (arm != "hvs" and k in HVS_ONLY)
+        and not (k in LATER_FLAGS and v == LATER_FLAGS[k])
+        and not (k == "eager_colour" and not args.static_colour)
+    }
     fields.update(arm="hvs" if arm == "hvs" else "baseline", epochs=epochs)
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -110,14 +157,24 @@ def run_job(argv: list[str], arm: str, epochs: int, threads: int) -> dict[str, A
     t0 = time.perf_counter()
     run = demo.train(args, data, hvs=arm == "hvs", device=torch.device("cpu"), epochs=epochs, progress=False)
     return {
-        "argv": argv, "arm": arm, "epochs": epochs, "seed": args.seed, "threads": threads,
-        "knn": run["knn"], "history": run["history"], "final_loss": run["final_loss"],
-        "lowest_iou_fraction": run["lowest_iou_fraction"], "hardness_gap": run["hardness_gap"],
-        "mean_selected_iou": run["mean_selected_iou"], "mean_random_iou": run["mean_random_iou"],
+        "argv": argv,
+        "arm": arm,
+        "epochs": epochs,
+        "seed": args.seed,
+        "threads": threads,
+        "knn": run["knn"],
+        "history": run["history"],
+        "final_loss": run["final_loss"],
+        "lowest_iou_fraction": run["lowest_iou_fraction"],
+        "hardness_gap": run["hardness_gap"],
+        "mean_selected_iou": run["mean_selected_iou"],
+        "mean_random_iou": run["mean_random_iou"],
         "hist_selected": np.histogram(run["selected_iou"], BINS)[0].tolist(),
         "hist_random": np.histogram(run["random_iou"], BINS)[0].tolist(),
-        "compute_ratio": run["compute_ratio"], "step_time": run["step_time"],
-        "selection_time": run["selection_time"], "wall_s": time.perf_counter() - t0,
+        "compute_ratio": run["compute_ratio"],
+        "step_time": run["step_time"],
+        "selection_time": run["selection_time"],
+        "wall_s": time.perf_counter() - t0,
     }
 
 
@@ -181,8 +238,7 @@ class Study:
                     if arm == "matched":
                         epochs = self.matched_epochs(cell)
                         if epochs is None:
-                            if any(j[0] == cell and j[2] == "hvs" for j in todo) or any(
-                                    f[1] == cell for f in running.values()):
+                            if any(j[0] == cell and j[2] == "hvs" for j in todo) or any(f[1] == cell for f in running.values()):
                                 continue  # waits for the cell's HVS runs
                             todo.remove(job)
                             continue
@@ -205,8 +261,10 @@ class Study:
                     res = fut.result()
                     p.write_text(json.dumps(res))
                     knn = f"{res['knn']:.1%}" if res["knn"] is not None else "-"
-                    print(f"[effect] done  {cell} seed {res['seed']} {res['arm']} {res['epochs']} ep: kNN {knn}, "
-                          f"{res['wall_s']:.0f}s", flush=True)
+                    print(
+                        f"[effect] done  {cell} seed {res['seed']} {res['arm']} {res['epochs']} ep: kNN {knn}, {res['wall_s']:.0f}s",
+                        flush=True,
+                    )
 
     def summary(self, cell: str) -> Optional[dict]:
         seeds = self.a.seeds
@@ -217,10 +275,15 @@ class Study:
         me = self.matched_epochs(cell)
         matched = [self.load(self.path(cell, s, "matched", me)) for s in seeds]
         out: dict[str, Any] = {
-            "flags": CELLS[cell][0], "what": CELLS[cell][1], "seeds": seeds, "epochs": base[0]["epochs"],
-            "knn_baseline": [r["knn"] for r in base], "knn_hvs": [r["knn"] for r in hvs],
+            "flags": CELLS[cell][0],
+            "what": CELLS[cell][1],
+            "seeds": seeds,
+            "epochs": base[0]["epochs"],
+            "knn_baseline": [r["knn"] for r in base],
+            "knn_hvs": [r["knn"] for r in hvs],
             "knn_baseline_compute_matched": [r["knn"] for r in matched] if all(matched) else None,
-            "compute_matched_epochs": me, "compute_ratio": self.ratio(cell),
+            "compute_matched_epochs": me,
+            "compute_ratio": self.ratio(cell),
             "compute_ratios": [r["compute_ratio"] for r in hvs],
             "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in hvs],
             "random_lowest_iou_fraction": 1 / _n_pairs(_parse(self.argv(cell, 0))),
@@ -229,7 +292,8 @@ class Study:
             "hardness_gap": [r["hardness_gap"] for r in hvs],
             "hist_selected": np.sum([r["hist_selected"] for r in hvs], 0).tolist(),
             "hist_random": np.sum([r["hist_random"] for r in hvs], 0).tolist(),
-            "history_baseline": [r["history"] for r in base], "history_hvs": [r["history"] for r in hvs],
+            "history_baseline": [r["history"] for r in base],
+            "history_hvs": [r["history"] for r in hvs],
             "history_compute_matched": [r["history"] for r in matched] if all(matched) else None,
         }
         kb, kh = _ms(out["knn_baseline"]), _ms(out["knn_hvs"])
@@ -264,8 +328,10 @@ def choose_default(cells: dict[str, dict]) -> Optional[str]:
     if ok:
         gap = lambda c: mean(cells[c]["knn_hvs"]) - mean(cells[c]["knn_baseline"])  # noqa: E731
         return max(ok, key=lambda c: (cells[c]["bars"]["c_hvs_ge_baseline"], gap(c)))
-    return max(eligible, key=lambda c: (cells[c]["bars"]["a_stable_baseline"], cells[c]["bars"]["b_mechanism"],
-                                        mean(cells[c]["lowest_iou_fraction"])))
+    return max(
+        eligible,
+        key=lambda c: (cells[c]["bars"]["a_stable_baseline"], cells[c]["bars"]["b_mechanism"], mean(cells[c]["lowest_iou_fraction"])),
+    )
 
 
 def _fmt(xs: Optional[list[float]]) -> str:
@@ -276,8 +342,10 @@ def _fmt(xs: Optional[list[float]]) -> str:
 
 
 def tables(cells: dict[str, dict], default: Optional[str]) -> str:
-    rows = ["| cell | what changes | kNN baseline | kNN HVS | kNN compute-matched (epochs) | ratio | lowest-IoU fraction (random) | mean IoU sel. / random | bars a b c |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| cell | what changes | kNN baseline | kNN HVS | kNN compute-matched (epochs) | ratio | lowest-IoU fraction (random) | mean IoU sel. / random | bars a b c |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c, s in cells.items():
         b = s["bars"]
         rows.append(
@@ -285,12 +353,18 @@ def tables(cells: dict[str, dict], default: Optional[str]) -> str:
             f"{_fmt(s['knn_baseline_compute_matched'])} ({s['compute_matched_epochs']}) | x{s['compute_ratio']:.2f} | "
             f"{_fmt(s['lowest_iou_fraction'])} ({s['random_lowest_iou_fraction']:.1%}) | "
             f"{s['mean_iou_selected']:.3f} / {s['mean_iou_random']:.3f} | "
-            f"{'✓' if b['a_stable_baseline'] else '✗'} {'✓' if b['b_mechanism'] else '✗'} {'✓' if b['c_hvs_ge_baseline'] else '✗'} |")
+            f"{'✓' if b['a_stable_baseline'] else '✗'} {'✓' if b['b_mechanism'] else '✗'} {'✓' if b['c_hvs_ge_baseline'] else '✗'} |"
+        )
     out = "\n".join(rows)
     if default:
         s = cells[default]
-        per = ["", f"Default cell `{default}`, per seed:", "",
-               "| seed | kNN baseline | kNN HVS | kNN compute-matched | lowest-IoU fraction |", "|---|---|---|---|---|"]
+        per = [
+            "",
+            f"Default cell `{default}`, per seed:",
+            "",
+            "| seed | kNN baseline | kNN HVS | kNN compute-matched | lowest-IoU fraction |",
+            "|---|---|---|---|---|",
+        ]
         cm = s["knn_baseline_compute_matched"] or [float("nan")] * len(s["seeds"])
         for i, seed in enumerate(s["seeds"]):
             per.append(f"| {seed} | {s['knn_baseline'][i]:.1%} | {s['knn_hvs'][i]:.1%} | {cm[i]:.1%} | {s['lowest_iou_fraction'][i]:.1%} |")
@@ -306,11 +380,18 @@ def figures(cells: dict[str, dict], default: Optional[str], out: Path) -> list[s
     names = list(cells)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4))
     x = np.arange(len(names))
-    for k, (key, label) in enumerate([("knn_baseline", "baseline"), ("knn_hvs", "HVS"),
-                                      ("knn_baseline_compute_matched", "compute-matched baseline")]):
+    for k, (key, label) in enumerate(
+        [("knn_baseline", "baseline"), ("knn_hvs", "HVS"), ("knn_baseline_compute_matched", "compute-matched baseline")]
+    ):
         vals = [cells[c][key] or [float("nan")] for c in names]
-        ax1.bar(x + (k - 1) * 0.27, [np.mean(v) for v in vals], 0.27, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-                label=label, capsize=2)
+        ax1.bar(
+            x + (k - 1) * 0.27,
+            [np.mean(v) for v in vals],
+            0.27,
+            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+            label=label,
+            capsize=2,
+        )
     ax1.set_xticks(x, names, rotation=45, ha="right")
     ax1.set_ylabel("kNN accuracy (mean ± std, 3 seeds)")
     ax1.legend(fontsize=8)
@@ -334,15 +415,19 @@ def figures(cells: dict[str, dict], default: Optional[str], out: Path) -> list[s
         series = {"baseline": s["history_baseline"], "HVS": s["history_hvs"]}
         if plain:
             series["HVS without static colour"] = cells[plain]["history_hvs"]
-        paths.append(plot_training_curves(series, out / "effect_training.png", s["random_lowest_iou_fraction"],
-                                          title=f"effect study, cell '{default}' (mean ± std over seeds {s['seeds']})"))
+        paths.append(
+            plot_training_curves(
+                series,
+                out / "effect_training.png",
+                s["random_lowest_iou_fraction"],
+                title=f"effect study, cell '{default}' (mean ± std over seeds {s['seeds']})",
+            )
+        )
         centers = (BINS[:-1] + BINS[1:]) / 2
-        hists = {"HVS selected pair": np.repeat(centers, s["hist_selected"]),
-                 "random pair": np.repeat(centers, s["hist_random"])}
+        hists = {"HVS selected pair": np.repeat(centers, s["hist_selected"]), "random pair": np.repeat(centers, s["hist_random"])}
         if plain:
             hists["HVS selected, no static colour"] = np.repeat(centers, cells[plain]["hist_selected"])
-        paths.append(plot_iou_histograms(hists, out / "iou_histogram.png",
-                                         title=f"IoU of training pairs (cell '{default}', all seeds)"))
+        paths.append(plot_iou_histograms(hists, out / "iou_histogram.png", title=f"IoU of training pairs (cell '{default}', all seeds)"))
     return [str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p) for p in paths]
 
 
@@ -366,12 +451,32 @@ def main(argv=None) -> dict:
     default = choose_default(cells)
     # one entry per cell, "default" (the chosen cell's figures) and "_meta"
     result: dict[str, Any] = dict(cells)
-    result["_meta"] = {"seeds": a.seeds, "threads": a.threads, "default_cell": default, "cells": list(cells),
-                       "wall_s_this_call": time.perf_counter() - t0, "cpu_count": os.cpu_count()}
+    result["_meta"] = {
+        "seeds": a.seeds,
+        "threads": a.threads,
+        "default_cell": default,
+        "cells": list(cells),
+        "wall_s_this_call": time.perf_counter() - t0,
+        "cpu_count": os.cpu_count(),
+    }
     if default:
-        result["default"] = {"cell": default} | {k: cells[default][k] for k in (
-            "flags", "epochs", "seeds", "knn_baseline", "knn_hvs", "knn_baseline_compute_matched",
-            "compute_matched_epochs", "compute_ratio", "lowest_iou_fraction", "mean_iou_selected", "mean_iou_random", "bars")}
+        result["default"] = {"cell": default} | {
+            k: cells[default][k]
+            for k in (
+                "flags",
+                "epochs",
+                "seeds",
+                "knn_baseline",
+                "knn_hvs",
+                "knn_baseline_compute_matched",
+                "compute_matched_epochs",
+                "compute_ratio",
+                "lowest_iou_fraction",
+                "mean_iou_selected",
+                "mean_iou_random",
+                "bars",
+            )
+        }
     if cells:
         try:
             result["_meta"]["figures"] = figures(cells, default, out)

@@ -23,6 +23,7 @@ plus the torch build, as numbers differ between builds for the same command and 
 interrupted study resumes. The plan, in the
 issue's order, is fixed before any seed runs (no tuning to seeds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -134,8 +135,11 @@ class Budget:
         return max(1, round(e * statistics.median(r["compute_ratio"] for r in runs)))
 
     def run(self) -> None:
-        todo = [j for j in plan(self.a.longest) if j[0] in self.a.data and j[1] in self.a.arms
-                and (j[2] in self.a.epochs or j[1] == "matched") and j[3] in self.a.seeds]
+        todo = [
+            j
+            for j in plan(self.a.longest)
+            if j[0] in self.a.data and j[1] in self.a.arms and (j[2] in self.a.epochs or j[1] == "matched") and j[3] in self.a.seeds
+        ]
         running: dict[cf.Future, str] = {}
         claimed: set[Path] = set()
         with cf.ProcessPoolExecutor(max_workers=self.a.procs) as pool:
@@ -173,8 +177,9 @@ class Budget:
                     what = running.pop(fut)
                     res = fut.result()
                     running_path.pop(fut).write_text(json.dumps(res))
-                    print(f"[budget] done  {what}: kNN {res['knn']:.1%}, ratio x{res['compute_ratio']:.2f}, "
-                          f"{res['wall_s']:.0f}s", flush=True)
+                    print(
+                        f"[budget] done  {what}: kNN {res['knn']:.1%}, ratio x{res['compute_ratio']:.2f}, {res['wall_s']:.0f}s", flush=True
+                    )
 
     def summary(self) -> dict[str, Any]:
         """``{data: {arm: {epochs: {"knn": [...], "compute": float, ...}}}}`` from the cached runs
@@ -197,7 +202,10 @@ class Budget:
                     if arm in GEN_ARMS:  # HVS's in-run ratio is relative to the step with the generator
                         ratio *= generator_ratio()
                     cells[str(e)] = {
-                        "knn": [r["knn"] for r in runs], "compute": ep * ratio, "compute_ratio": ratio, "seeds": seeds,
+                        "knn": [r["knn"] for r in runs],
+                        "compute": ep * ratio,
+                        "compute_ratio": ratio,
+                        "seeds": seeds,
                         "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in runs] if ARMS[arm][0] == "hvs" else None,
                         "epochs_run": ep,
                     }
@@ -209,8 +217,15 @@ class Budget:
                 m = self.matched_epochs(data, h["epochs_run"], h["seeds"])
                 runs = [self.load(data, "baseline", m, s) for s in h["seeds"]] if m else [None]
                 if all(r is not None for r in runs):
-                    arms["matched"] = {str(self.a.longest): {"knn": [r["knn"] for r in runs], "compute": float(m),
-                                                             "compute_ratio": 1.0, "seeds": h["seeds"], "epochs_run": m}}
+                    arms["matched"] = {
+                        str(self.a.longest): {
+                            "knn": [r["knn"] for r in runs],
+                            "compute": float(m),
+                            "compute_ratio": 1.0,
+                            "seeds": h["seeds"],
+                            "epochs_run": m,
+                        }
+                    }
             if arms:
                 out[data] = arms
         return out
@@ -246,16 +261,20 @@ def _ms(xs: list[float]) -> str:
 
 
 def table(budget: dict[str, Any]) -> str:
-    rows = ["| data | arm | epochs | compute (epochs of host steps) | seeds | kNN (mean ± std) | baseline at equal compute (curve) | Δ vs curve |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| data | arm | epochs | compute (epochs of host steps) | seeds | kNN (mean ± std) | baseline at equal compute (curve) | Δ vs curve |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for data, arms in budget.items():
         base = arms.get("baseline", {})
         for arm, cells in arms.items():
             for e, c in sorted(cells.items(), key=lambda kv: int(kv[0])):
                 mean = statistics.mean(c["knn"])
                 ref = matched_from_curve(base, c["compute"]) if arm not in ("baseline", "matched") and len(base) >= 2 else None
-                rows.append(f"| {data} | {arm} | {e} | {c['compute']:.1f} | {len(c['knn'])} | {_ms(c['knn'])} | "
-                            f"{'-' if ref is None else f'{ref:.1%}'} | {'-' if ref is None else f'{(mean - ref) * 100:+.1f} pts'} |")
+                rows.append(
+                    f"| {data} | {arm} | {e} | {c['compute']:.1f} | {len(c['knn'])} | {_ms(c['knn'])} | "
+                    f"{'-' if ref is None else f'{ref:.1%}'} | {'-' if ref is None else f'{(mean - ref) * 100:+.1f} pts'} |"
+                )
     return "\n".join(rows)
 
 
@@ -264,9 +283,17 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
 
     plt = _plt()
     fig, axes = plt.subplots(1, max(1, len(budget)), figsize=(6.5 * max(1, len(budget)), 4.2), squeeze=False)
-    styles = {"baseline": ("k", "o"), "hvs": ("C3", "s"), "min_iou": ("C0", "^"), "matched": ("gray", "D"),
-              "gen": ("C6", "P"), "gen_hvs": ("C8", "X"),
-              "hvs_res25": ("C1", "v"), "hvs_half": ("C2", "<"), "hvs_layer2": ("C4", ">")}
+    styles = {
+        "baseline": ("k", "o"),
+        "hvs": ("C3", "s"),
+        "min_iou": ("C0", "^"),
+        "matched": ("gray", "D"),
+        "gen": ("C6", "P"),
+        "gen_hvs": ("C8", "X"),
+        "hvs_res25": ("C1", "v"),
+        "hvs_half": ("C2", "<"),
+        "hvs_layer2": ("C4", ">"),
+    }
     for ax, (data, arms) in zip(axes[0], budget.items()):
         for arm, cells in arms.items():
             pts = sorted(cells.items(), key=lambda kv: kv[1]["compute"])
@@ -316,8 +343,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     import torch
 
     full["budget"] = result
-    full["budget_meta"] = {"torch": torch.__version__, "threads": a.threads, "longest": a.longest,
-                           "wall_s_this_call": time.perf_counter() - t0}
+    full["budget_meta"] = {
+        "torch": torch.__version__,
+        "threads": a.threads,
+        "longest": a.longest,
+        "wall_s_this_call": time.perf_counter() - t0,
+    }
     ej.write_text(json.dumps(full, indent=1))
     if result:
         try:

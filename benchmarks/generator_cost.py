@@ -10,6 +10,7 @@ size: width 32, 3 residual blocks, 9x9 stem/final convs) and a light one (width 
 interleaved per step on the same batches after warm-up; process CPU time (robust on a shared CPU);
 the ratio is the median over steps of (arm step / host step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,7 @@ def run(size: int, batch: int, steps: int, warmup: int, width: int = 16) -> dict
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     gens = {name: HardViewGenerator(eps=0.05, seed=1, **kw) for name, kw in GENERATORS.items()}
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g))
-               for _ in range(2)]
+    batches = [(torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)) for _ in range(2)]
 
     def host(x0, x1):
         loss = criterion(model(x0), model(x1))
@@ -61,6 +61,7 @@ def run(size: int, batch: int, steps: int, warmup: int, width: int = 16) -> dict
         def step(x0, x1):
             x0, x1 = gen(x0, x1)
             gen.step(host(x0, x1))
+
         return step
 
     arms = {"host": host, **{name: with_generator(gen) for name, gen in gens.items()}}
@@ -90,10 +91,11 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     res = run(a.size, a.batch, a.steps, a.warmup)
-    res = {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "clock": "process CPU time",
-           "torch": torch.__version__, **res}
-    print(f"SimCLR, demo ConvNet (width 16), {a.size} px, batch {a.batch}, {a.threads} thread(s), "
-          f"median of {a.steps} interleaved steps (process CPU time)")
+    res = {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "clock": "process CPU time", "torch": torch.__version__, **res}
+    print(
+        f"SimCLR, demo ConvNet (width 16), {a.size} px, batch {a.batch}, {a.threads} thread(s), "
+        f"median of {a.steps} interleaved steps (process CPU time)"
+    )
     print(f"host step: {res['host_ms']:.1f} ms")
     for name, arm in res["arms"].items():
         print(f"{name}: {arm['ms']:.1f} ms/step, cost ratio x{arm['ratio']:.2f} ({arm['params']} generator parameters)")

@@ -10,6 +10,7 @@ Per method: host step (A), HVS step (B), HVS step with target reuse (C), interle
 after warm-up on the same candidate batches; process CPU time (robust on a shared CPU), median over
 reps. Prints the B/A and C/A ratios and writes them as JSON to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,12 @@ def run(method: str, size: int, batch: int, dim: int, depth: int, reps: int, war
             if r >= warmup:
                 times[name].append(time.process_time() - t)
     ratio = lambda k: statistics.median(b / a for a, b in zip(times["host"], times[k]))  # noqa: E731
-    return {"host_ms": 1e3 * statistics.median(times["host"]), "hvs_ratio": ratio("hvs"),
-            "hvs_reuse_ratio": ratio("hvs_reuse"), "reps": reps}
+    return {
+        "host_ms": 1e3 * statistics.median(times["host"]),
+        "hvs_ratio": ratio("hvs"),
+        "hvs_reuse_ratio": ratio("hvs_reuse"),
+        "reps": reps,
+    }
 
 
 def main(argv=None) -> dict:
@@ -121,8 +126,10 @@ def main(argv=None) -> dict:
     out = {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "clock": "process CPU time"}
     for method in ("byol", "moco"):
         r = out[method] = run(method, a.size, a.batch, a.dim, a.depth, a.reps, a.warmup)
-        print(f"{method:5s} host step {r['host_ms']:.0f} ms   HVS x{r['hvs_ratio']:.3f}   "
-              f"HVS + target reuse x{r['hvs_reuse_ratio']:.3f}   (median of {r['reps']} interleaved reps)")
+        print(
+            f"{method:5s} host step {r['host_ms']:.0f} ms   HVS x{r['hvs_ratio']:.3f}   "
+            f"HVS + target reuse x{r['hvs_reuse_ratio']:.3f}   (median of {r['reps']} interleaved reps)"
+        )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     return out

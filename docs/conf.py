@@ -2,6 +2,7 @@
 
 Build: ``pip install ".[docs]" && sphinx-build -W -b html docs docs/_build/html``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -110,8 +111,12 @@ def _plain_rst(app, what, name, obj, options, lines):
             continue
         prev = next((x for x in reversed(out) if x.strip()), None)
         if (
-            line.strip() and out and not out[-1].strip() and prev is not None
-            and _indent(line) >= _indent(prev) + 4 and not prev.rstrip().endswith("::")
+            line.strip()
+            and out
+            and not out[-1].strip()
+            and prev is not None
+            and _indent(line) >= _indent(prev) + 4
+            and not prev.rstrip().endswith("::")
         ):  # an indented block after a paragraph: a code example
             out += [" " * _indent(prev) + "::", ""]
             while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > _indent(prev)):

@@ -7,6 +7,7 @@ over samples is the host's loss on that pair. Their per-sample terms read the re
 batch; TiCo's covariance update), so — as for NT-Xent — a pair's value is exact when every sample
 of the batch is on that pair. Inputs are read only.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -59,8 +60,12 @@ def dcl_pair_losses(
 
 
 def macl_pair_losses(
-    embeddings: torch.Tensor, pairs: torch.Tensor, temperature: float = 0.1, alpha: float = 0.5,
-    a0: float = 0.0, eps: float = 1e-8,
+    embeddings: torch.Tensor,
+    pairs: torch.Tensor,
+    temperature: float = 0.1,
+    alpha: float = 0.5,
+    a0: float = 0.0,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
     """Model-aware contrastive loss (lightly ``MACLLoss``) per sample: NT-Xent at the temperature
     ``τ·(1 + α·(A − A₀))`` (A: the pair's mean positive cosine over the batch), each anchor's term
@@ -81,7 +86,11 @@ def macl_pair_losses(
 
 
 def tico_pair_losses(
-    online: torch.Tensor, target: torch.Tensor, pairs: torch.Tensor, beta: float = 0.9, rho: float = 8.0,
+    online: torch.Tensor,
+    target: torch.Tensor,
+    pairs: torch.Tensor,
+    beta: float = 0.9,
+    rho: float = 8.0,
     covariance: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """TiCo (lightly ``TiCoLoss``) per sample for ordered pairs (k, l): ``1 − cos(z_a, z_b) + ρ·z_aᵀ C z_a``

@@ -5,6 +5,7 @@ from images of different sizes are comparable. :class:`CandidateTransform` makes
 per image and returns their boxes ``[N, 4]`` with them, so the boxes travel with the batch
 through a DataLoader (default collate stacks them to ``[M, N, 4]``).
 """
+
 from __future__ import annotations
 
 import copy

@@ -6,6 +6,7 @@ statistics switched off, the adapters hand the ``fallback: [M]`` mask of each se
 waiting, and the warning is issued at a later call, once the copy has landed (an event query, no
 wait). Host tensors are counted and warned about at once, as :func:`warn_fallbacks` does.
 """
+
 from __future__ import annotations
 
 

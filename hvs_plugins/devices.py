@@ -1,4 +1,5 @@
 """Moving small index tensors between host and device without making the host wait."""
+
 from __future__ import annotations
 
 import torch

@@ -30,6 +30,7 @@ reseeded per call from ``(seed, rank, call count)``: reproducible from the seed,
 the call count (:meth:`ViewGenerator.get_extra_state`, part of ``state_dict()``), different on
 every DDP rank, and the global RNG streams are never touched (construction included).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -41,9 +42,17 @@ import torch
 from torch import nn
 
 from .generator_net import (  # noqa: F401 (public names, re-exported)
-    IMAGENET_MEAN, IMAGENET_STD, MIN_SIDE, ViewGenerator, ViewmakerNet, _check_eps, _check_views, budget_perturbation,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_SIDE,
+    ViewGenerator,
+    ViewmakerNet,
+    _check_eps,
+    _check_views,
+    budget_perturbation,
     mean_abs_per_sample,
 )
+
 
 # ----------------------------------------------------------------------------- gradient reversal
 class _GradReverse(torch.autograd.Function):
@@ -209,15 +218,31 @@ class HardViewGenerator:
             raise ValueError(f"stem_kernel must be an odd int (3 or 9), got {stem_kernel!r}")
         if not reverse_scale > 0:
             raise ValueError(f"reverse_scale must be > 0 (the generator ascends the host's loss), got {reverse_scale!r}")
-        self.config = dict(channels=channels, eps=eps, eps_start=eps_start, eps_end=eps_end, ramp_epochs=ramp_epochs,
-                           shared=shared, width=width, n_blocks=n_blocks, stem_kernel=stem_kernel, lr=lr,
-                           betas=tuple(betas), weight_decay=weight_decay, reverse_scale=reverse_scale,
-                           mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), seed=seed,
-                           sync_grads=sync_grads, enabled=enabled)
+        self.config = dict(
+            channels=channels,
+            eps=eps,
+            eps_start=eps_start,
+            eps_end=eps_end,
+            ramp_epochs=ramp_epochs,
+            shared=shared,
+            width=width,
+            n_blocks=n_blocks,
+            stem_kernel=stem_kernel,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            reverse_scale=reverse_scale,
+            mean=tuple(float(v) for v in mean),
+            std=tuple(float(v) for v in std),
+            seed=seed,
+            sync_grads=sync_grads,
+            enabled=enabled,
+        )
         kw: dict[str, Any] = dict(width=width, n_blocks=n_blocks, stem_kernel=stem_kernel, mean=mean, std=std)
         self.networks = nn.ModuleList(ViewGenerator(channels, seed=seed + i, **kw) for i in range(1 if shared else 2))
-        self.optimizer = torch.optim.Adam(self.networks.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])),
-                                          weight_decay=weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.networks.parameters(), lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay
+        )
         self.shared, self.reverse_scale, self.sync_grads, self.enabled = shared, float(reverse_scale), sync_grads, enabled
         self.channels = channels
         self.epoch: float = 0
@@ -246,8 +271,7 @@ class HardViewGenerator:
         valid = cls.valid_keys()
         unknown = [k for k in config if k not in valid]
         if unknown:
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), valid, 1)) else repr(k)
-                     for k in unknown]
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), valid, 1)) else repr(k) for k in unknown]
             raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(hints)}; valid keys: {', '.join(valid)}")
 
     # -- schedule
@@ -318,8 +342,9 @@ class HardViewGenerator:
         """N candidate views (N tensors ``[M, C, H, W]``) -> :class:`GeneratedCandidates`, candidate k
         through generator ``k % 2`` when ``shared=False``, fresh noise each (generation then selection)."""
         if isinstance(views, torch.Tensor) or len(views) < 2:
-            raise ValueError("candidates() takes a list of N >= 2 candidate views [M, C, H, W] "
-                             "(e.g. batch[0] with CandidateViews(transform, n_views=4))")
+            raise ValueError(
+                "candidates() takes a list of N >= 2 candidate views [M, C, H, W] (e.g. batch[0] with CandidateViews(transform, n_views=4))"
+            )
         for i, v in enumerate(views):
             _check_views(v, self.channels, f"candidate {i}")
         return GeneratedCandidates([self._run(v, k) if self.enabled else v for k, v in enumerate(views)])
@@ -342,7 +367,7 @@ class HardViewGenerator:
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
     def step(self, loss: Optional[torch.Tensor] = None) -> None:
@@ -359,8 +384,11 @@ class HardViewGenerator:
         have = any(p.grad is not None for p in self.networks.parameters())
         distributed = self.sync_grads and torch.distributed.is_available() and torch.distributed.is_initialized()
         if not have and not distributed:
-            warnings.warn("no gradient reached the hard-view generator: feed the views from gen(x0, x1) to the "
-                          "loss and call gen.step() after loss.backward()", stacklevel=2)
+            warnings.warn(
+                "no gradient reached the hard-view generator: feed the views from gen(x0, x1) to the "
+                "loss and call gen.step() after loss.backward()",
+                stacklevel=2,
+            )
             return
         self._average_grads_over_ranks()
         grads = [p.grad for p in self.networks.parameters() if p.grad is not None]
@@ -400,17 +428,27 @@ class HardViewGenerator:
 
     def state_dict(self) -> dict:
         """Weights (with the noise-stream positions), Adam state, schedule position, step count."""
-        return {"networks": self.networks.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "steps": self.steps, "skipped": self.skipped, "shared": self.shared}
+        return {
+            "networks": self.networks.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "skipped": self.skipped,
+            "shared": self.shared,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if bool(state.get("shared", self.shared)) != self.shared:
-            raise ValueError(f"checkpoint was saved with shared={state['shared']}, this generator has "
-                             f"shared={self.shared}: build it with shared={state['shared']}")
+            raise ValueError(
+                f"checkpoint was saved with shared={state['shared']}, this generator has "
+                f"shared={self.shared}: build it with shared={state['shared']}"
+            )
         self.networks.load_state_dict(state["networks"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.steps, self.skipped = state["epoch"], int(state["steps"]), int(state.get("skipped", 0))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(eps={self.eps:g}, shared={self.shared}, steps={self.steps}, "
-                f"networks={len(self.networks)}x ViewmakerNet)")
+        return (
+            f"{type(self).__name__}(eps={self.eps:g}, shared={self.shared}, steps={self.steps}, "
+            f"networks={len(self.networks)}x ViewmakerNet)"
+        )

@@ -5,6 +5,7 @@ per-image budget (``generator.py`` trains it against the host). Torch only.
 a perturbation whose mean absolute value per image is exactly ε in [0, 1] pixel units (before
 the clamp to [0, 1]), with fresh noise from its own ``torch.Generator`` on every call.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 8  # two stride-2 stages must leave more than one spatial element for instance norm
 
 _MIX_SEED, _MIX_RANK = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9  # odd 64-bit constants (seed mixing)
-
 
 
 # ----------------------------------------------------------------------------- budget
@@ -104,16 +104,23 @@ def _check_views(x: Any, channels: int, what: str = "view") -> None:
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(
             f"the generator takes a batch of images [B, {channels}, H, W], got {list(x.shape)} as {what}: "
-            + ("add the batch dimension (x.unsqueeze(0))" if x.dim() == 3 else
-               f"build it with channels={x.shape[1]} (and mean/std of that length)" if x.dim() == 4 else
-               "pass the image batch, not features")
+            + (
+                "add the batch dimension (x.unsqueeze(0))"
+                if x.dim() == 3
+                else f"build it with channels={x.shape[1]} (and mean/std of that length)"
+                if x.dim() == 4
+                else "pass the image batch, not features"
+            )
         )
     if min(x.shape[-2:]) < MIN_SIDE:
-        raise ValueError(f"the generator needs images of at least {MIN_SIDE}x{MIN_SIDE} px (two stride-2 stages), "
-                         f"got {list(x.shape[-2:])} as {what}: generate before downscaling")
+        raise ValueError(
+            f"the generator needs images of at least {MIN_SIDE}x{MIN_SIDE} px (two stride-2 stages), "
+            f"got {list(x.shape[-2:])} as {what}: generate before downscaling"
+        )
     if not x.is_floating_point():
-        raise TypeError(f"the generator takes float (normalised) views, got {x.dtype} as {what}: convert with "
-                        "the host's ToTensor/Normalize first")
+        raise TypeError(
+            f"the generator takes float (normalised) views, got {x.dtype} as {what}: convert with the host's ToTensor/Normalize first"
+        )
 
 
 class ViewGenerator(nn.Module):
@@ -145,8 +152,10 @@ class ViewGenerator(nn.Module):
         super().__init__()
         mean_t, std_t = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
         if mean_t.shape != (channels,) or std_t.shape != (channels,):
-            raise ValueError(f"mean and std need one value per channel ({channels}), got {list(mean_t.shape)} / "
-                             f"{list(std_t.shape)}: pass the host's Normalize(mean, std)")
+            raise ValueError(
+                f"mean and std need one value per channel ({channels}), got {list(mean_t.shape)} / "
+                f"{list(std_t.shape)}: pass the host's Normalize(mean, std)"
+            )
         if not bool((std_t > 0).all()):
             raise ValueError(f"std must be positive per channel, got {std_t.tolist()}")
         with torch.random.fork_rng(devices=[]):  # reproducible weights; the global RNG is left alone

@@ -1,4 +1,5 @@
 """Figure of generated hard views (needs matplotlib: ``pip install hvs-plugins[plot]``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,7 @@ def plot_generated_views(
     ``inputs``, ``generated``: ``[M, 3, H, W]`` in [0, 1] (denormalise first). Returns ``path``.
     """
     if inputs.shape != generated.shape or inputs.dim() != 4 or inputs.shape[1] not in (1, 3):
-        raise ValueError(f"inputs and generated must both be [M, 3, H, W] in [0, 1], got {list(inputs.shape)} "
-                         f"and {list(generated.shape)}")
+        raise ValueError(f"inputs and generated must both be [M, 3, H, W] in [0, 1], got {list(inputs.shape)} and {list(generated.shape)}")
     plt = _plt()
     x, g = inputs.detach().float().cpu(), generated.detach().float().cpu()
     delta = g - x
@@ -30,8 +30,7 @@ def plot_generated_views(
     fig, axes = plt.subplots(m, 3, figsize=(4.8, 1.6 * m), squeeze=False)
 
     def show(ax, img: torch.Tensor, label: str) -> None:
-        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None,
-                  vmin=0, vmax=1)
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(label, fontsize=7)

@@ -4,6 +4,7 @@ A control for HVS (issue: does the model-based selection buy more than crop geom
 forward at all, the cost is the extra crops only. The paper reports that HVS's selected pair is
 the lowest-IoU pair in >40% of samples; this selector takes it in 100% of them.
 """
+
 from __future__ import annotations
 
 from typing import Optional

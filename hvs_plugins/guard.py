@@ -12,6 +12,7 @@ The modules guarded are those passed in AND every module that runs inside the bl
 forward pre-hook guards each the first time it is called, before its forward runs), so a forward
 given as a plain function or lambda is protected too; passing the modules is an optimisation.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -11,6 +11,7 @@ The patch part depends on the global pair only, so it folds into the global-pair
 the [CLS] cross-entropy matrix (:func:`ibot_combination_ce`) and :class:`CombinationSpace` —
 capped or exact search — returns iBOT's combination loss unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,9 +74,7 @@ def ibot_combination_ce(
     """
     g = cls_ce.shape[0]
     if cls_ce.dim() != 3 or cls_ce.shape[1] < g or patch_ce.shape != (g, cls_ce.shape[2]):
-        raise ValueError(
-            f"cls_ce must be [G, G+L, M] and patch_ce [G, M], got {list(cls_ce.shape)} and {list(patch_ce.shape)}"
-        )
+        raise ValueError(f"cls_ce must be [G, G+L, M] and patch_ce [G, M], got {list(cls_ce.shape)} and {list(patch_ce.shape)}")
     out = cls_weight * cls_ce
     off_diagonal = ~torch.eye(g, dtype=torch.bool, device=cls_ce.device)  # [G, G]: student global s != t
     bonus = (patch_weight * n_terms / 2) * patch_ce.to(out).unsqueeze(1) * off_diagonal.unsqueeze(-1)  # [G, G, M]

@@ -8,6 +8,7 @@ private exception), so the layers behind it never run: cheaper, but it is not th
 so the selected pair can differ from the exact selection (``benchmarks/agreement.py`` measures how
 often). Never a default; the adapters label it as approximate.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,7 @@ def resolve_layer(root: nn.Module, name: str) -> nn.Module:
     if name not in modules:
         names = layer_names(root)
         shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-        raise ValueError(
-            f"score_layer={name!r} is not a module of {type(root).__name__}; valid names: {shown}"
-        )
+        raise ValueError(f"score_layer={name!r} is not a module of {type(root).__name__}; valid names: {shown}")
     return modules[name]
 
 

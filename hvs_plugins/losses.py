@@ -5,6 +5,7 @@ and a pair table ``pairs: [P, 2]``, and returns ``pair_losses: [P, M]``: the hos
 on that pair, per sample, so that ``pair_losses[p].mean()`` equals the host's loss on pair p.
 Inputs are read, never modified (centers, temperatures and memory banks included).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,9 +25,7 @@ def _check_views(name: str, x: torch.Tensor, pairs: torch.Tensor) -> None:
         raise ValueError(f"pairs index views 0..{x.shape[0] - 1} only, got {pairs.tolist()}")
 
 
-def negative_cosine_pair_losses(
-    predictions: torch.Tensor, targets: torch.Tensor, pairs: torch.Tensor
-) -> torch.Tensor:
+def negative_cosine_pair_losses(predictions: torch.Tensor, targets: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     """Symmetric negative cosine (SimSiam, BYOL): for pair (k, l) and sample i,
     ``½·(−cos(p_i^k, z_i^l) − cos(p_i^l, z_i^k))``.
 
@@ -130,10 +129,7 @@ def dino_cross_entropy(
     Returns ``ce: [T, S, M]`` = ``−Σ softmax((t − c)/τ_t) · log_softmax(s/τ_s)``.
     """
     if teacher_out.dim() != 3 or student_out.dim() != 3:
-        raise ValueError(
-            f"teacher_out and student_out must be [views, M, K], got {list(teacher_out.shape)} "
-            f"and {list(student_out.shape)}"
-        )
+        raise ValueError(f"teacher_out and student_out must be [views, M, K], got {list(teacher_out.shape)} and {list(student_out.shape)}")
     if teacher_out.shape[1:] != student_out.shape[1:]:
         raise ValueError(f"teacher {list(teacher_out.shape)} and student {list(student_out.shape)} disagree on [M, K]")
     if teacher_temp <= 0 or student_temp <= 0:

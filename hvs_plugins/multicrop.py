@@ -9,6 +9,7 @@ Because the local part of that mean is a sum over locals of ``ce[ga, l] + ce[gb,
 locals for a fixed global pair are a top-k: :meth:`CombinationSpace.exact_search` returns the true
 argmax over all combinations with one top-k per global pair, without enumerating them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -85,9 +86,7 @@ class CombinationSpace:
         if n_global_candidates < 2:
             raise ValueError(f"need >= 2 global candidates, got {n_global_candidates}")
         if not 0 <= n_local <= n_local_candidates:
-            raise ValueError(
-                f"n_local={n_local} must be between 0 and n_local_candidates={n_local_candidates}"
-            )
+            raise ValueError(f"n_local={n_local} must be between 0 and n_local_candidates={n_local_candidates}")
         self.n_global_candidates = n_global_candidates
         self.n_local_candidates = n_local_candidates
         self.n_local = n_local
@@ -152,9 +151,7 @@ class CombinationSpace:
         picked = local_term[pair_of.unsqueeze(1), loc]  # [C, l, M]
         return (global_term[pair_of] + picked.sum(1)) / self.n_terms
 
-    def search(
-        self, ce: torch.Tensor, cap: int = DEFAULT_CAP, generator: Optional[torch.Generator] = None
-    ) -> CombinationChoice:
+    def search(self, ce: torch.Tensor, cap: int = DEFAULT_CAP, generator: Optional[torch.Generator] = None) -> CombinationChoice:
         """Capped search: the same ``min(cap, size)`` random combinations for the whole batch; each
         sample takes its argmax (ties → lowest index; all non-finite → seeded random fallback)."""
         from .selection import argmax_with_fallback
@@ -179,7 +176,11 @@ class CombinationSpace:
         m = torch.arange(per_pair.shape[1], device=per_pair.device)
         locals_ = top_idx[best, :, m].sort(dim=1).values  # [M, l]
         return CombinationChoice(
-            to_device(self.global_pairs, per_pair.device)[best], locals_, per_pair[best, m], per_pair, fallback,
+            to_device(self.global_pairs, per_pair.device)[best],
+            locals_,
+            per_pair[best, m],
+            per_pair,
+            fallback,
             len(self.global_pairs) * self.n_local_subsets,
         )
 

@@ -3,6 +3,7 @@
 A pair table is a LongTensor ``pairs: [P, 2]`` of view indices. Row ``p`` is the pair whose
 per-sample loss is ``pair_losses[p]``; the first column is the view the host treats as view A.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -15,10 +16,7 @@ def check_n_views(n_views: int) -> None:
     if isinstance(n_views, bool) or not isinstance(n_views, int):
         raise TypeError(f"n_views must be an int, got {type(n_views).__name__}: set e.g. n_views=4")
     if n_views < 2:
-        raise ValueError(
-            f"n_views must be >= 2 (got {n_views}): HVS compares pairs of candidate views; "
-            "set n_views=4 (the paper's value)."
-        )
+        raise ValueError(f"n_views must be >= 2 (got {n_views}): HVS compares pairs of candidate views; set n_views=4 (the paper's value).")
 
 
 def all_pairs(n_views: int, ordered: bool = False) -> torch.Tensor:

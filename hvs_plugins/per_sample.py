@@ -5,6 +5,7 @@ One scan for all three adapters: target/teacher reuse (the selection's momentum 
 the training step) is exact only if no module the momentum forward runs is of that kind in its
 current mode.
 """
+
 from __future__ import annotations
 
 import contextlib

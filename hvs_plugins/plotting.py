@@ -1,4 +1,5 @@
 """Figures (needs matplotlib: ``pip install hvs-plugins[plot]``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,7 @@ def _save(plt, fig, path: Union[str, Path]) -> Path:
     return path
 
 
-def plot_candidates(
-    images: torch.Tensor, chosen: torch.Tensor, path: Union[str, Path], title: str = "HVS: selected pair (red)"
-) -> Path:
+def plot_candidates(images: torch.Tensor, chosen: torch.Tensor, path: Union[str, Path], title: str = "HVS: selected pair (red)") -> Path:
     """Grid of candidate views, one row per sample, the selected pair framed in red (paper Fig. 2).
 
     ``images: [M, N, 3, H, W]`` in [0, 1]; ``chosen: [M, 2]`` selected view indices.
@@ -51,9 +50,7 @@ def plot_candidates(
     return _save(plt, fig, path)
 
 
-def plot_iou_histograms(
-    series: dict[str, Sequence[float]], path: Union[str, Path], title: str = "IoU of training pairs"
-) -> Path:
+def plot_iou_histograms(series: dict[str, Sequence[float]], path: Union[str, Path], title: str = "IoU of training pairs") -> Path:
     """Overlaid IoU histograms, e.g. ``{"HVS selected": ..., "random pair": ...}`` (paper Fig. 3)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -90,8 +87,7 @@ def plot_training_curves(
     accuracy, lowest-IoU fraction of the selected pairs (the dotted line: a random pair), mean IoU
     of the trained pairs."""
     plt = _plt()
-    panels = [("knn", "kNN accuracy"), ("lowest_iou_fraction", "lowest-IoU fraction"),
-              ("mean_trained_iou", "mean IoU of trained pairs")]
+    panels = [("knn", "kNN accuracy"), ("lowest_iou_fraction", "lowest-IoU fraction"), ("mean_trained_iou", "mean IoU of trained pairs")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (key, label) in zip(axes, panels):
         for i, (name, runs) in enumerate(series.items()):
@@ -104,8 +100,7 @@ def plot_training_curves(
             colour = f"C{i}"  # a series keeps its colour in every panel
             ax.plot(epochs, mean, marker="o" if len(epochs) < 12 else None, ms=3, label=name, color=colour)
             if len(runs) > 1:
-                ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=colour, alpha=0.2)
+                ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colour, alpha=0.2)
         if key == "lowest_iou_fraction":
             ax.axhline(random_fraction, ls=":", color="gray", label="random pair")
         ax.set_xlabel("epoch")

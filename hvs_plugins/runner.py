@@ -1,4 +1,5 @@
 """The selection runner: score all candidate pairs with the current model, without side effects."""
+
 from __future__ import annotations
 
 import contextlib
@@ -122,10 +123,7 @@ class HardViewSelector:
                     for v, part in enumerate(parts):
                         per_view[v].append(list(_as_tuple(forward(part))))
         n_out = len(per_view[0][0])
-        return [
-            torch.stack([torch.cat([c[o] for c in per_view[v]]) for v in range(len(vs))]).float()
-            for o in range(n_out)
-        ]
+        return [torch.stack([torch.cat([c[o] for c in per_view[v]]) for v in range(len(vs))]).float() for o in range(n_out)]
 
     def select(
         self,
@@ -160,8 +158,7 @@ class HardViewSelector:
         ``self.unscorable`` (warns once)."""
         self.unscorable.record(reason, stacklevel=4)
         p = self.pairs.shape[0]
-        return Selection(torch.zeros(m, dtype=torch.long), self.pairs, torch.full((p, m), float("nan")),
-                         torch.zeros(m, dtype=torch.bool))
+        return Selection(torch.zeros(m, dtype=torch.long), self.pairs, torch.full((p, m), float("nan")), torch.zeros(m, dtype=torch.bool))
 
     def choose(self, pair_losses: torch.Tensor) -> Selection:
         """Argmax per sample of ``pair_losses: [P, M]`` with this selector's generator."""
@@ -186,6 +183,4 @@ def _as_tuple(out: Outputs) -> tuple[torch.Tensor, ...]:
         return (out,)
     if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
         return tuple(out)
-    raise TypeError(
-        f"the selection forward must return a tensor or a tuple of tensors, got {type(out).__name__}"
-    )
+    raise TypeError(f"the selection forward must return a tensor or a tuple of tensors, got {type(out).__name__}")

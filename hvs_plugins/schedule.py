@@ -3,6 +3,7 @@
 On steps where HVS is off, the host trains on two of the candidates drawn at random (the first
 two: candidates are i.i.d. draws of the host's augmentation, so that is a plain random pair).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

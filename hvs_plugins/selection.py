@@ -1,4 +1,5 @@
 """Argmax selection of the hardest pair per sample and gathering of the hard batch."""
+
 from __future__ import annotations
 
 import warnings
@@ -12,9 +13,7 @@ from .devices import to_device
 Views = Union[Sequence[torch.Tensor], torch.Tensor]
 
 
-def argmax_with_fallback(
-    losses: torch.Tensor, generator: Optional[torch.Generator] = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def argmax_with_fallback(losses: torch.Tensor, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample argmax over candidates of ``losses: [P, M]``.
 
     Ties go to the lowest candidate index. Non-finite losses (NaN, ±inf) never win. A sample
@@ -95,8 +94,7 @@ def check_candidate_views(
     else:
         if not isinstance(views, (list, tuple)):
             raise TypeError(
-                f"candidate views must be a list of N tensors [M, C, H, W] (or one [N, M, ...] tensor), "
-                f"got {type(views).__name__}"
+                f"candidate views must be a list of N tensors [M, C, H, W] (or one [N, M, ...] tensor), got {type(views).__name__}"
             )
         bad = _not_a_tensor(views)
         if bad:
@@ -184,7 +182,7 @@ def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple
             )
         lut = torch.full((len(vs),), -1, dtype=torch.long)
         lut[torch.tensor(allowed)] = torch.arange(len(allowed))
-        out.append(gather_views([vs[i] for i in allowed], to_device(lut, choice.device)[choice[:, j:j + 1]])[0])
+        out.append(gather_views([vs[i] for i in allowed], to_device(lut, choice.device)[choice[:, j : j + 1]])[0])
     return out[0], out[1]
 
 
@@ -216,14 +214,10 @@ class Selection:
         return gather_pair(views, self.pairs, self.index)
 
 
-def select_hardest(
-    pair_losses: torch.Tensor, pairs: torch.Tensor, generator: Optional[torch.Generator] = None
-) -> Selection:
+def select_hardest(pair_losses: torch.Tensor, pairs: torch.Tensor, generator: Optional[torch.Generator] = None) -> Selection:
     """Per sample, the pair with the highest loss (see :func:`argmax_with_fallback`).
     ``pair_losses: [P, M]``, ``pairs: [P, 2]``."""
     if pair_losses.dim() != 2 or pair_losses.shape[0] != pairs.shape[0]:
-        raise ValueError(
-            f"pair_losses must be [P={pairs.shape[0]}, M], got {list(pair_losses.shape)}"
-        )
+        raise ValueError(f"pair_losses must be [P={pairs.shape[0]}, M], got {list(pair_losses.shape)}")
     index, fallback = argmax_with_fallback(pair_losses, generator)
     return Selection(index, pairs, pair_losses, fallback)

@@ -1,4 +1,5 @@
 """Selection statistics for logging."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

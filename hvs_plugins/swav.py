@@ -18,6 +18,7 @@ batch of candidate g (every sample on candidate g, the queue appended as in the 
 every sample of the batch is on c; after per-sample selection the training step recomputes its
 codes over the selected views, which differ slightly from the ones HVS ranked with.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union

@@ -5,6 +5,7 @@ The case that happens in practice: the last batch of an epoch holds 1 sample (no
 and the model has BatchNorm in train mode, which cannot normalise a single sample in a per-view
 selection forward, while the host's own step may (e.g. it forwards both views as one batch).
 """
+
 from __future__ import annotations
 
 import warnings

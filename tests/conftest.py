@@ -1,5 +1,6 @@
 """Shared fixtures: the ``device`` parametrisation (``cpu`` always, ``cuda`` when available) and a
 ``no_sync`` check for the CUDA leg."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,11 @@ _DESELECTED = pytest.StashKey[int]()
 
 
 def pytest_report_header(config) -> str:
-    return "cuda legs: " + ("run (a CUDA device is present)" if CUDA else
-                            "deselected (torch.cuda.is_available() is False); they run on a GPU machine (benchmarks/gpu/run.py)")
+    return "cuda legs: " + (
+        "run (a CUDA device is present)"
+        if CUDA
+        else "deselected (torch.cuda.is_available() is False); they run on a GPU machine (benchmarks/gpu/run.py)"
+    )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -45,7 +49,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if n:
         terminalreporter.write_line(
             f"{n} device-test legs deselected: {'no CUDA device here, ' if not CUDA else ''}cuda legs need a GPU "
-            "and cuda-only checks (host-device sync) have no cpu leg")
+            "and cuda-only checks (host-device sync) have no cpu leg"
+        )
 
 
 @pytest.fixture(params=DEVICES)

@@ -1,4 +1,5 @@
 """The core imports no host framework; an adapter imports its host and the core, nothing else of ours."""
+
 import ast
 import pathlib
 import subprocess

@@ -3,6 +3,7 @@
 Timing targets are NOT asserted here (they are the benchmark's own PASS/MISS lines and depend on
 the machine); see BENCHMARKS.md for the real runs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,24 @@ pytest.importorskip("lightly")
 pytest.importorskip("torchvision")
 
 ROOT = Path(__file__).resolve().parent.parent
-STEP_KEYS = {"host", "method", "resolution", "ratio", "memory_ratio", "core_share", "batch", "image_size", "device",
-             "n_views", "cap", "threads", "reps", "variant", "host_ms", "hvs_ms"}
+STEP_KEYS = {
+    "host",
+    "method",
+    "resolution",
+    "ratio",
+    "memory_ratio",
+    "core_share",
+    "batch",
+    "image_size",
+    "device",
+    "n_views",
+    "cap",
+    "threads",
+    "reps",
+    "variant",
+    "host_ms",
+    "hvs_ms",
+}
 
 
 def _load_bench():
@@ -35,9 +52,11 @@ def test_bench_smoke_writes_valid_json(tmp_path):
     # pass), which must not leak into the rest of the test session
     out = tmp_path / "cpu.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--profile", "smoke", "--out", str(out),
-         "--methods", "simsiam", "dino"],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--profile", "smoke", "--out", str(out), "--methods", "simsiam", "dino"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     printed = proc.stdout
@@ -47,7 +66,11 @@ def test_bench_smoke_writes_valid_json(tmp_path):
 
     steps = [r for r in data if r["kind"] == "step"]
     assert {(r["method"], r["resolution"]) for r in steps if r["variant"] == "default"} >= {
-        ("simsiam", 1.0), ("simsiam", 0.5), ("dino", 1.0), ("dino", 0.5)}
+        ("simsiam", 1.0),
+        ("simsiam", 0.5),
+        ("dino", 1.0),
+        ("dino", 0.5),
+    }
     for r in steps:
         assert STEP_KEYS <= set(r), STEP_KEYS - set(r)
         assert r["host"] == "lightly" and r["device"] == "cpu"

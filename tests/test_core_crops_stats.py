@@ -1,4 +1,5 @@
 """Crop-box recording, IoU, selection statistics and figures."""
+
 import math
 
 import pytest

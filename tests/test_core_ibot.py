@@ -2,6 +2,7 @@
 
 Temperatures and masked-token counts are powers of two so that lightly's float32
 ``torch.tensor(temp)`` and per-image weights ``1 / n`` are exact too."""
+
 import copy
 
 import pytest
@@ -50,23 +51,26 @@ def test_every_combination_matches_dino_plus_patch_loss(weights):
     for c in range(len(combos)):
         ga, gb = combos.globals_[c].tolist()
         ref_cls = copy.deepcopy(dino)([t_cls[ga], t_cls[gb]], [s_cls[ga], s_cls[gb]] + [s_cls[G + l] for l in combos.locals_[c].tolist()])
-        ref_patch = copy.deepcopy(patch)(torch.cat([t_patch[ga], t_patch[gb]]), torch.cat([s_patch[ga], s_patch[gb]]),
-                                         torch.cat([masks[ga], masks[gb]]))
+        ref_patch = copy.deepcopy(patch)(
+            torch.cat([t_patch[ga], t_patch[gb]]), torch.cat([s_patch[ga], s_patch[gb]]), torch.cat([masks[ga], masks[gb]])
+        )
         ref = weights[0] * ref_cls + weights[1] * ref_patch
         worst = max(worst, abs(float(losses[c].mean()) - float(ref)))
     print(f"ibot core (float32 [CLS] matrix) worst abs diff (weights={weights}): {worst:.2e}")
     # dino_cross_entropy computes in float32 (as the training step); the patch part is float64
     assert worst < 1e-5, worst
     # with a float64 [CLS] matrix the agreement is to rounding
-    cls64 = -torch.einsum("tmk,smk->tsm", torch.softmax((t_cls - dino.center.double().reshape(1, 1, -1)) / TT, -1),
-                          torch.log_softmax(s_cls / TS, -1))
+    cls64 = -torch.einsum(
+        "tmk,smk->tsm", torch.softmax((t_cls - dino.center.double().reshape(1, 1, -1)) / TT, -1), torch.log_softmax(s_cls / TS, -1)
+    )
     losses64 = space.evaluate(ibot_combination_ce(cls64, p, space.n_terms, *weights), combos)
     worst64 = 0.0
     for c in range(len(combos)):
         ga, gb = combos.globals_[c].tolist()
         ref_cls = copy.deepcopy(dino)([t_cls[ga], t_cls[gb]], [s_cls[ga], s_cls[gb]] + [s_cls[G + l] for l in combos.locals_[c].tolist()])
-        ref_patch = copy.deepcopy(patch)(torch.cat([t_patch[ga], t_patch[gb]]), torch.cat([s_patch[ga], s_patch[gb]]),
-                                         torch.cat([masks[ga], masks[gb]]))
+        ref_patch = copy.deepcopy(patch)(
+            torch.cat([t_patch[ga], t_patch[gb]]), torch.cat([s_patch[ga], s_patch[gb]]), torch.cat([masks[ga], masks[gb]])
+        )
         worst64 = max(worst64, abs(float(losses64[c].mean()) - float(weights[0] * ref_cls + weights[1] * ref_patch)))
     print(f"ibot core float64 [CLS] worst abs diff (weights={weights}): {worst64:.2e}")
     assert worst64 < 1e-12, worst64

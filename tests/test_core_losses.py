@@ -1,4 +1,5 @@
 """Per-sample pair losses: the mean over samples equals lightly's batch loss on that pair."""
+
 import pytest
 import torch
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
@@ -84,7 +85,8 @@ def test_dino_combination_losses_match_lightly(gen):
         ga, gb = combos.globals_[c].tolist()
         locals_ = (combos.locals_[c] + g).tolist()
         ref = _lightly_dino(
-            crit, [teacher[ga].float(), teacher[gb].float()],
+            crit,
+            [teacher[ga].float(), teacher[gb].float()],
             [student[ga].float(), student[gb].float()] + [student[j].float() for j in locals_],
         )
         assert abs(float(values[c].mean()) - float(ref)) / float(ref) < 1e-5

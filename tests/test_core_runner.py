@@ -1,4 +1,5 @@
 """The selection runner: side-effect guard, chunking, resolution scale, autocast, input checks."""
+
 import pytest
 import torch
 from torch import nn

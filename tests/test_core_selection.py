@@ -1,4 +1,5 @@
 """Pairs, argmax selection with its tie/non-finite rules, gathering, multi-crop search."""
+
 import math
 
 import pytest
@@ -98,6 +99,7 @@ def test_gather_errors():
 
 
 # ---------------------------------------------------------------- multi-crop
+
 
 def _ce(seed, g=4, l=16, m=5):
     gen = torch.Generator().manual_seed(seed)

@@ -2,6 +2,7 @@
 
 "Exact" for SwAV: the mean of the per-sample combination losses equals SwaVLoss on that
 combination when every sample of the batch is on it (Sinkhorn couples the batch)."""
+
 from functools import partial
 
 import pytest

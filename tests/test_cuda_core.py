@@ -2,6 +2,7 @@
 on the device, the selector's CPU generator and fallbacks with device losses, bf16 autocast,
 resolution_scale, the exact DINO search on device tensors, bitwise state checks, and no host-device
 synchronisation inside ``select`` (CUDA: ``torch.cuda.set_sync_debug_mode('error')``)."""
+
 from __future__ import annotations
 
 import copy

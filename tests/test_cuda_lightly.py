@@ -2,6 +2,7 @@
 loss and the views on the device (SimSiam, BYOL, SimCLR, MoCo with its memory bank, DINO exact and
 capped, DINO teacher reuse), bitwise state checks, bf16 autocast, resolution_scale, and no
 host-device synchronisation inside ``select`` with ``stats=False`` (CUDA sync debug mode)."""
+
 from __future__ import annotations
 
 import copy
@@ -97,14 +98,12 @@ def _views(n=4, m=6, size=12, seed=0):  # on the host, as a DataLoader yields th
 
 def _dino_views(m=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return ([torch.randn(m, 3, 12, 12, generator=gen) for _ in range(4)]
-            + [torch.randn(m, 3, 8, 8, generator=gen) for _ in range(4)])
+    return [torch.randn(m, 3, 12, 12, generator=gen) for _ in range(4)] + [torch.randn(m, 3, 8, 8, generator=gen) for _ in range(4)]
 
 
 def _everything(*modules: nn.Module) -> dict:
     """Every parameter and buffer (persistent or not: the memory bank), bitwise."""
-    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules)
-            for k, v in list(m.named_parameters()) + list(m.named_buffers())}
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in list(m.named_parameters()) + list(m.named_buffers())}
 
 
 def _assert_unchanged(before: dict, *modules: nn.Module) -> None:
@@ -175,8 +174,9 @@ def test_dino_select_on_device(device, exact):
             dv = [v.to(device) for v in views]
             t = torch.stack([ref_model.forward_teacher(v) for v in dv[:4]])
             s = torch.cat([torch.stack([ref_model(v) for v in dv[:4]]), torch.stack([ref_model(v) for v in dv[4:]])])
-        ce = dino_cross_entropy(t.cpu().double(), s.cpu().double(), crit.criterion.center.cpu(),
-                                crit._teacher_temp(0, None), float(crit.criterion.student_temp))
+        ce = dino_cross_entropy(
+            t.cpu().double(), s.cpu().double(), crit.criterion.center.cpu(), crit._teacher_temp(0, None), float(crit.criterion.student_temp)
+        )
         ref = CombinationSpace(4, 4, 2).exact_search(ce)
         assert torch.equal(choice.globals_.cpu(), ref.globals_) and torch.equal(choice.locals_.cpu(), ref.locals_)
     for i in range(6):
@@ -200,8 +200,7 @@ def test_bf16_and_resolution_scale_on_device(device):
     views = _views(size=16)
     before = _everything(model)
     full.select(views, model)
-    for kw in (dict(autocast_dtype=torch.bfloat16), dict(resolution_scale=0.5),
-               dict(autocast_dtype=torch.bfloat16, resolution_scale=0.5)):
+    for kw in (dict(autocast_dtype=torch.bfloat16), dict(resolution_scale=0.5), dict(autocast_dtype=torch.bfloat16, resolution_scale=0.5)):
         crit = HVSLoss(NegativeCosineSimilarity(), n_views=4, **kw)
         x0, _ = crit.select(views, model)
         got = crit.last_selection.pair_losses
@@ -230,8 +229,7 @@ def test_select_does_not_synchronise(device, no_sync, method):
     if method.startswith("dino"):
         torch.manual_seed(0)
         model = DINO().to(device).train()
-        crit = HVSLoss(DINOLoss(output_dim=32), exact=method == "dino", stats=False,
-                       autocast_dtype=torch.bfloat16).to(device)
+        crit = HVSLoss(DINOLoss(output_dim=32), exact=method == "dino", stats=False, autocast_dtype=torch.bfloat16).to(device)
         views, target = [v.to(device) for v in _dino_views()], model.forward_teacher
     else:
         model, crit, target = _setup(method, device, stats=False, autocast_dtype=torch.bfloat16)

@@ -2,6 +2,7 @@
 device, raw uint8 views from the host as the loader gives them, bitwise state checks (parameters,
 BatchNorm statistics, MoCo queue, momentum encoder, RNG), and the device's pair losses equal to
 those of a host copy of the model. Skipped with the reason where MMSelfSup is not installed."""
+
 from __future__ import annotations
 
 import copy
@@ -24,11 +25,28 @@ FEAT = 64
 CONFIGS = {
     "SimSiam": dict(
         type="SimSiam",
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=16, out_channels=16, num_layers=3,
-                  with_last_bn_affine=False, with_avg_pool=True),
-        head=dict(type="LatentPredictHead", loss=dict(type="CosineSimilarityLoss"),
-                  predictor=dict(type="NonLinearNeck", in_channels=16, hid_channels=8, out_channels=16,
-                                 with_avg_pool=False, with_last_bn=False, with_last_bias=True)),
+        neck=dict(
+            type="NonLinearNeck",
+            in_channels=FEAT,
+            hid_channels=16,
+            out_channels=16,
+            num_layers=3,
+            with_last_bn_affine=False,
+            with_avg_pool=True,
+        ),
+        head=dict(
+            type="LatentPredictHead",
+            loss=dict(type="CosineSimilarityLoss"),
+            predictor=dict(
+                type="NonLinearNeck",
+                in_channels=16,
+                hid_channels=8,
+                out_channels=16,
+                with_avg_pool=False,
+                with_last_bn=False,
+                with_last_bias=True,
+            ),
+        ),
     ),
     "SimCLR": dict(
         type="SimCLR",
@@ -36,7 +54,10 @@ CONFIGS = {
         head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.1),
     ),
     "MoCo": dict(
-        type="MoCo", queue_len=16, feat_dim=8, momentum=0.9,
+        type="MoCo",
+        queue_len=16,
+        feat_dim=8,
+        momentum=0.9,
         neck=dict(type="MoCoV2Neck", in_channels=FEAT, hid_channels=16, out_channels=8, with_avg_pool=True),
         head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.2),
     ),

@@ -2,6 +2,7 @@
 (no solo-learn needed; the real classes are exercised in test_solo_learn_integration.py): crops on
 the device, bitwise state checks, the device's pair losses / DINO combinations equal to those of a
 host copy, and the exact multi-crop search with the global-order remap on device tensors."""
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,7 @@ def _cfg(method, augs, small_candidates=False, **hvs):
     for a, n in zip(augs, expanded_num_crops(augs, 4, small_candidates)):
         a["num_crops"] = n
     lay = candidate_layout(augs, 4, small_candidates)
-    return Cfg(method=method, hvs=Cfg(n_views=4, **hvs), augmentations=augs,
-               data=Cfg(num_large_crops=2, num_small_crops=lay.n_small))
+    return Cfg(method=method, hvs=Cfg(n_views=4, **hvs), augmentations=augs, data=Cfg(num_large_crops=2, num_small_crops=lay.n_small))
 
 
 class StandInSimSiam(nn.Module):

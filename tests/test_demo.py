@@ -1,4 +1,5 @@
 """The demo (the project's main job) end to end in a tiny configuration."""
+
 from __future__ import annotations
 
 import math
@@ -71,15 +72,15 @@ def test_photo_patches_deterministic_balanced_and_bank_holds_train():
 
 def test_demo_other_methods_run(tmp_path):
     for method, extra in (("simsiam", []), ("byol", ["--no-static-colour"])):
-        result = demo.main(["--tiny", "--method", method, "--data", "shapes", "--out", str(tmp_path / method),
-                            "--threads", "1"] + extra)
+        result = demo.main(["--tiny", "--method", method, "--data", "shapes", "--out", str(tmp_path / method), "--threads", "1"] + extra)
         assert 0.0 <= result["knn_hvs"] <= 1.0 and result["hardness_gap"] >= 0
 
 
 def test_demo_tiny_hvs_on_part_of_the_steps(tmp_path):
     # random-pair steps (schedule off) must not reuse the previous step's selection statistics
-    result = demo.main(["--tiny", "--epochs", "2", "--hvs-probability", "0.5", "--hvs-start-epoch", "1",
-                        "--out", str(tmp_path), "--threads", "1"])
+    result = demo.main(
+        ["--tiny", "--epochs", "2", "--hvs-probability", "0.5", "--hvs-start-epoch", "1", "--out", str(tmp_path), "--threads", "1"]
+    )
     assert math.isfinite(result["hardness_gap"]) and 0.0 <= result["lowest_iou_fraction"] <= 1.0
 
 

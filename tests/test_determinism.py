@@ -1,6 +1,7 @@
 """Determinism: the same seed gives the same selections and the same parameters after N steps
 (single process), for lightly (SimCLR, DINO with the capped random combination search), solo-learn
 (DINO multi-crop, capped; where solo-learn is importable) and MMSelfSup (where installed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,15 +17,22 @@ STEPS = 4
 def _net(out: int = 16, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.1),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, out),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, out),
     )
 
 
 def _batches(n_global: int, n_local: int = 0, m: int = 6, steps: int = STEPS, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(m, 3, 16, 16, generator=g) for _ in range(n_global)]
-            + [torch.randn(m, 3, 8, 8, generator=g) for _ in range(n_local)] for _ in range(steps)]
+    return [
+        [torch.randn(m, 3, 16, 16, generator=g) for _ in range(n_global)] + [torch.randn(m, 3, 8, 8, generator=g) for _ in range(n_local)]
+        for _ in range(steps)
+    ]
 
 
 def _params(*mods: nn.Module) -> list[torch.Tensor]:
@@ -132,8 +140,12 @@ def test_lightly_selection_does_not_consume_the_global_rng():
 
 
 # ------------------------------------------------------------------ solo-learn (DINO multi-crop, capped)
-@pytest.mark.skipif(not HAS["solo"], reason="solo-learn is not installed (no usable registry build); to run it: "
-                    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test (or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)")
+@pytest.mark.skipif(
+    not HAS["solo"],
+    reason="solo-learn is not installed (no usable registry build); to run it: "
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test "
+    "(or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
+)
 def test_solo_learn_dino_capped_same_seed_same_selections_and_parameters():
     from omegaconf import OmegaConf
     from solo.args.pretrain import parse_cfg
@@ -142,23 +154,40 @@ def test_solo_learn_dino_capped_same_seed_same_selections_and_parameters():
     from hvs_plugins.adapters.solo_learn import hvs_parse_cfg, make_hvs_method
 
     def aug(size, n):
-        return {"rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-                "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
-                "grayscale": {"prob": 0.0}, "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
-                "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5}, "crop_size": size, "num_crops": n}
+        return {
+            "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+            "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+            "grayscale": {"prob": 0.0},
+            "gaussian_blur": {"prob": 0.0},
+            "solarization": {"prob": 0.0},
+            "equalization": {"prob": 0.0},
+            "horizontal_flip": {"prob": 0.5},
+            "crop_size": size,
+            "num_crops": n,
+        }
 
     def run():
-        cfg = OmegaConf.create({
-            "name": "det", "method": "dino", "backbone": {"name": "resnet18"},
-            "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 32},
-            "momentum": {"base_tau": 0.99, "final_tau": 1.0},
-            "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
-            "augmentations": [aug(16, 1), aug(16, 1), aug(8, 2)],
-            "optimizer": {"name": "sgd", "batch_size": 4, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
-            "scheduler": {"name": "none"}, "checkpoint": {"enabled": False}, "auto_resume": {"enabled": False},
-            "max_epochs": 2, "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32,
-            "hvs": {"n_views": 4, "cap": 6, "seed": 11, "log_stats": False},
-        })
+        cfg = OmegaConf.create(
+            {
+                "name": "det",
+                "method": "dino",
+                "backbone": {"name": "resnet18"},
+                "method_kwargs": {"proj_hidden_dim": 32, "proj_output_dim": 16, "num_prototypes": 32},
+                "momentum": {"base_tau": 0.99, "final_tau": 1.0},
+                "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
+                "augmentations": [aug(16, 1), aug(16, 1), aug(8, 2)],
+                "optimizer": {"name": "sgd", "batch_size": 4, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
+                "scheduler": {"name": "none"},
+                "checkpoint": {"enabled": False},
+                "auto_resume": {"enabled": False},
+                "max_epochs": 2,
+                "devices": "1",
+                "accelerator": "cpu",
+                "strategy": "auto",
+                "precision": 32,
+                "hvs": {"n_views": 4, "cap": 6, "seed": 11, "log_stats": False},
+            }
+        )
         OmegaConf.set_struct(cfg, False)
         cfg = hvs_parse_cfg(parse_cfg)(cfg)
         torch.manual_seed(0)

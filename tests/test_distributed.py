@@ -16,6 +16,7 @@ identical parameters and recomputes every rank's selection in a single process o
 (with the other rank's embeddings as negatives where the host gathers them), also against the
 host's own loss on the global batch.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,13 +43,18 @@ def free_port() -> int:
 
 def run_helper(cmd: list[str], cwd: Path, timeout: int = TIMEOUT) -> str:
     """Run a 2-process helper in its own process group (killed as a group on timeout)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        PYTHONWARNINGS="ignore",
+    )
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
         env.pop(k, None)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -192,9 +198,7 @@ def test_lightly_dino_ddp_center_synchronised_and_selection_matches(lightly_runs
 
 
 # =================================================================== MMSelfSup (mmengine pytorch launcher)
-needs_mmselfsup = pytest.mark.skipif(
-    not has("mmselfsup"), reason="MMSelfSup not installed (pip install 'hvs-plugins[mmselfsup]')"
-)
+needs_mmselfsup = pytest.mark.skipif(not has("mmselfsup"), reason="MMSelfSup not installed (pip install 'hvs-plugins[mmselfsup]')")
 
 
 def _mm_helper():
@@ -209,9 +213,23 @@ def _mm_dist_run(tmp_path, algo):
     algorithm rebuilt in this process and its parameter names (checked equal across ranks)."""
     out = tmp_path / "run"
     out.mkdir()
-    run_helper([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                str(HELPERS / "mmselfsup_dist.py"), str(out), algo], cwd=tmp_path)
+    run_helper(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(HELPERS / "mmselfsup_dist.py"),
+            str(out),
+            algo,
+        ],
+        cwd=tmp_path,
+    )
     r0, r1 = load_ranks(out)
     assert r0["world"] == 2 and len(r0["records"]) == len(r1["records"]) == 3
 
@@ -275,8 +293,7 @@ def test_mmselfsup_simclr_torchrun_ranks_in_sync_and_gathered_negatives(tmp_path
             z_all = torch.cat([per_rank[0][p][0], per_rank[1][p][0]], dim=1)
             m = per_rank[0][p][0].shape[1]
             for r, s in enumerate((s0, s1)):
-                expected = ntxent_pair_losses(per_rank[r][p][0], one, temperature, all_embeddings=z_all,
-                                              offset=r * m)[0]
+                expected = ntxent_pair_losses(per_rank[r][p][0], one, temperature, all_embeddings=z_all, offset=r * m)[0]
                 torch.testing.assert_close(s["pair_losses"][p], expected, rtol=1e-5, atol=1e-5)
             # MMSelfSup's own SimCLR loss on the global (gathered) batch of pair p
             zg = torch.cat([per_rank[0][p][1], per_rank[1][p][1]])
@@ -285,8 +302,7 @@ def test_mmselfsup_simclr_torchrun_ranks_in_sync_and_gathered_negatives(tmp_path
             mask, pos_idx, neg_mask = model._create_buffer(n, sim.device)
             sim = torch.masked_select(sim, mask == 1).reshape(sim.size(0), -1)
             with torch.no_grad():
-                host = float(model.head(sim[pos_idx].unsqueeze(1),
-                                        torch.masked_select(sim, neg_mask == 1).reshape(sim.size(0), -1)))
+                host = float(model.head(sim[pos_idx].unsqueeze(1), torch.masked_select(sim, neg_mask == 1).reshape(sim.size(0), -1)))
             ours = float(torch.cat([s0["pair_losses"][p], s1["pair_losses"][p]]).mean())
             assert abs(host - ours) < 1e-5, (p, host, ours)
 
@@ -306,18 +322,15 @@ def test_mmselfsup_mocov3_torchrun_gathered_keys(tmp_path):
             model.train()
             with torch.no_grad():
                 views = _preprocessed(model, s["inputs"])
-                preds.append([F.normalize(model.head.predictor([model.neck(model.backbone(v))[0]])[0], dim=1)
-                              for v in views])
+                preds.append([F.normalize(model.head.predictor([model.neck(model.backbone(v))[0]])[0], dim=1) for v in views])
                 keys.append([F.normalize(model.momentum_encoder(v)[0], dim=1) for v in views])
         m = preds[0][0].shape[0]
         for r, s in enumerate((s0, s1)):
             labels = torch.arange(m) + r * m
             for p, (a, b) in enumerate(pairs.tolist()):
                 # MoCoV3Head.loss(q_a, k_b) + loss(q_b, k_a) with keys gathered over ranks, per sample
-                ce_ab = F.cross_entropy(preds[r][a] @ torch.cat([keys[0][b], keys[1][b]]).t() / t, labels,
-                                        reduction="none")
-                ce_ba = F.cross_entropy(preds[r][b] @ torch.cat([keys[0][a], keys[1][a]]).t() / t, labels,
-                                        reduction="none")
+                ce_ab = F.cross_entropy(preds[r][a] @ torch.cat([keys[0][b], keys[1][b]]).t() / t, labels, reduction="none")
+                ce_ba = F.cross_entropy(preds[r][b] @ torch.cat([keys[0][a], keys[1][a]]).t() / t, labels, reduction="none")
                 torch.testing.assert_close(s["pair_losses"][p], w * (ce_ab + ce_ba), rtol=1e-5, atol=1e-5)
 
 
@@ -325,7 +338,8 @@ def test_mmselfsup_mocov3_torchrun_gathered_keys(tmp_path):
 needs_solo = pytest.mark.skipif(
     not has("solo"),
     reason="solo-learn is not installed (no usable registry build); to run these: "
-    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test (or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test "
+    "(or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
 )
 
 
@@ -376,8 +390,7 @@ def test_solo_learn_simclr_ddp_ranks_in_sync_and_gathered_negatives(tmp_path):
             torch.testing.assert_close(s["pair_losses"], expected, rtol=1e-5, atol=1e-5)
             assert torch.equal(s["index"], expected.argmax(0)), f"rank {r} selected differently"
         for p, (k, l) in enumerate(pairs.tolist()):  # solo-learn's own loss on the global batch
-            host = float(simclr_loss_func(torch.cat([z_all[k], z_all[l]]), indexes=idx_all.repeat(2),
-                                          temperature=temperature))
+            host = float(simclr_loss_func(torch.cat([z_all[k], z_all[l]]), indexes=idx_all.repeat(2), temperature=temperature))
             ours = float(torch.cat([s0["pair_losses"][p], s1["pair_losses"][p]]).mean())
             assert abs(host - ours) < 1e-5, (p, host, ours)
 

@@ -13,6 +13,7 @@
 - ``test_fences``: every fenced block names its language, from a short list: code that cannot run
   in a test (a shell command, a GPU) is ``bash`` or ``text``, never ``python``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,17 @@ PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
 # the site's pages (docs/<name>.md -> <name>.html); a page added or removed changes this list
 EXPECTED_PAGES = [
-    "api-adapters", "api-core", "benchmarks", "changelog", "generator", "getting-started", "index",
-    "lightly", "mmselfsup", "solo-learn", "which-option",
+    "api-adapters",
+    "api-core",
+    "benchmarks",
+    "changelog",
+    "generator",
+    "getting-started",
+    "index",
+    "lightly",
+    "mmselfsup",
+    "solo-learn",
+    "which-option",
 ]
 # languages a fenced block may name: MyST directives ({toctree}, {include}, ...) are fine too
 LANGUAGES = {"python", "yaml", "bash", "text", "diff"}
@@ -42,8 +52,7 @@ CONFIG_NAMES = {"_base_", "custom_hooks", "custom_imports"}
 # a block that needs a host which is not installed skips its page (the host's extra brings it)
 HOSTS = {"lightly", "mmengine", "mmselfsup", "mmpretrain", "mmcv", "solo", "matplotlib", "pytorch_lightning", "torchvision"}
 
-FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$",
-                   re.M | re.S)
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)\n(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$", re.M | re.S)
 
 
 def blocks(page: Path) -> list[tuple[str, str, int]]:
@@ -54,8 +63,7 @@ def blocks(page: Path) -> list[tuple[str, str, int]]:
         info = m.group("info").strip()
         lang = info.split()[0] if info else ""
         indent = len(m.group("indent"))
-        body = "".join(line[indent:] if line[:indent].strip() == "" else line
-                       for line in m.group("body").splitlines(keepends=True))
+        body = "".join(line[indent:] if line[:indent].strip() == "" else line for line in m.group("body").splitlines(keepends=True))
         out.append((lang, body, text.count("\n", 0, m.start()) + 1))
     return out
 
@@ -83,6 +91,7 @@ def test_pages_have_examples():
 def test_demo_output_is_one_run():
     """The demo's output block (pasted from a real run) appears on the getting-started page, and
     wherever else it is shown it is the same text."""
+
     def outputs(page: Path) -> list[str]:
         return [code for lang, code, _ in blocks(page) if lang == "text" and code.startswith("HVS demo:")]
 
@@ -93,8 +102,7 @@ def test_demo_output_is_one_run():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_fences(page):
-    bad = [(line, lang or "(none)") for lang, _, line in blocks(page)
-           if lang not in LANGUAGES and not lang.startswith("{")]
+    bad = [(line, lang or "(none)") for lang, _, line in blocks(page) if lang not in LANGUAGES and not lang.startswith("{")]
     assert not bad, f"{page.name}: fenced blocks without an allowed language (line, language): {bad}; use one of {sorted(LANGUAGES)}"
 
 
@@ -168,8 +176,7 @@ def test_python_examples(page, tmp_path, monkeypatch):
     print(f"{page.name}: {ran} python blocks ran, {configs} configs checked")
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(lang == "yaml" for lang, _, _ in blocks(p))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in PAGES if any(lang == "yaml" for lang, _, _ in blocks(p))], ids=lambda p: p.name)
 def test_yaml_examples(page):
     yaml = pytest.importorskip("yaml")
     from hvs_plugins.adapters.solo_learn import parse_hvs_config
@@ -189,9 +196,11 @@ def test_docs_build(tmp_path):
     out = tmp_path / "html"
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out),
-         "-d", str(tmp_path / "doctrees")],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out), "-d", str(tmp_path / "doctrees")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     took = time.monotonic() - start
     assert proc.returncode == 0, f"sphinx-build failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}"
@@ -199,9 +208,26 @@ def test_docs_build(tmp_path):
     assert pages == EXPECTED_PAGES
     assert sorted(p.stem for p in DOCS.glob("*.md")) == EXPECTED_PAGES  # every page source is built
     api = (out / "api-core.html").read_text(encoding="utf-8")
-    for module in ("crops", "geometric", "guard", "per_sample", "unscorable", "losses", "contrastive", "multicrop",
-                   "pairs", "runner", "schedule", "selection", "stats", "swav", "ibot", "layer_scoring", "plotting",
-                   "generator"):
+    for module in (
+        "crops",
+        "geometric",
+        "guard",
+        "per_sample",
+        "unscorable",
+        "losses",
+        "contrastive",
+        "multicrop",
+        "pairs",
+        "runner",
+        "schedule",
+        "selection",
+        "stats",
+        "swav",
+        "ibot",
+        "layer_scoring",
+        "plotting",
+        "generator",
+    ):
         assert f'id="module-hvs_plugins.{module}"' in api, f"hvs_plugins.{module} missing from the API page"
     assert "HVSLoss" in (out / "api-adapters.html").read_text(encoding="utf-8")
     figures = {p.name for p in (out / "_images").glob("*.png")}

@@ -1,4 +1,5 @@
 """The effect study (benchmarks/effect.py) in its tiny configuration: runs, caches, reports, chooses."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -55,16 +56,23 @@ def test_same_seed_same_numbers(effect):
 def _cell(knn_b, knn_h, lowest, sel, rnd, epochs=24):
     import statistics
 
-    return {"knn_baseline": knn_b, "knn_hvs": knn_h, "epochs": epochs, "lowest_iou_fraction": lowest, "bars": {
-        "a_stable_baseline": statistics.stdev(knn_b) <= 0.02,
-        "b_mechanism": statistics.mean(lowest) >= 0.35 and sel <= rnd - 0.03,
-        "c_hvs_ge_baseline": statistics.mean(knn_h) >= statistics.mean(knn_b)}}
+    return {
+        "knn_baseline": knn_b,
+        "knn_hvs": knn_h,
+        "epochs": epochs,
+        "lowest_iou_fraction": lowest,
+        "bars": {
+            "a_stable_baseline": statistics.stdev(knn_b) <= 0.02,
+            "b_mechanism": statistics.mean(lowest) >= 0.35 and sel <= rnd - 0.03,
+            "c_hvs_ge_baseline": statistics.mean(knn_h) >= statistics.mean(knn_b),
+        },
+    }
 
 
 def test_default_follows_the_bars_in_order(effect):
     cells = {
-        "unstable": _cell([0.5, 0.7, 0.6], [0.9, 0.9, 0.9], [0.5] * 3, 0.4, 0.5),       # fails (a)
-        "no_mechanism": _cell([0.6, 0.6, 0.6], [0.8, 0.8, 0.8], [0.2] * 3, 0.5, 0.5),   # fails (b)
+        "unstable": _cell([0.5, 0.7, 0.6], [0.9, 0.9, 0.9], [0.5] * 3, 0.4, 0.5),  # fails (a)
+        "no_mechanism": _cell([0.6, 0.6, 0.6], [0.8, 0.8, 0.8], [0.2] * 3, 0.5, 0.5),  # fails (b)
         "hvs_behind": _cell([0.6, 0.61, 0.6], [0.55, 0.55, 0.55], [0.4] * 3, 0.4, 0.5),
         "hvs_ahead": _cell([0.6, 0.61, 0.6], [0.62, 0.62, 0.62], [0.4] * 3, 0.4, 0.5),
         "too_long": _cell([0.6, 0.6, 0.6], [0.7, 0.7, 0.7], [0.4] * 3, 0.4, 0.5, epochs=96),
@@ -85,8 +93,15 @@ def test_committed_results_are_backed_by_the_cached_runs(effect):
 
     data = json.loads((ROOT / "benchmarks" / "results" / "effect.json").read_text())
     meta = data["_meta"]
-    a = argparse.Namespace(out=str(ROOT / "benchmarks" / "results"), tiny=False, seeds=meta["seeds"],
-                           cells=meta["cells"], arms=["baseline", "hvs"], threads=meta["threads"], procs=1)
+    a = argparse.Namespace(
+        out=str(ROOT / "benchmarks" / "results"),
+        tiny=False,
+        seeds=meta["seeds"],
+        cells=meta["cells"],
+        arms=["baseline", "hvs"],
+        threads=meta["threads"],
+        procs=1,
+    )
     study = effect.Study(a)
     for cell in meta["cells"]:
         summary = study.summary(cell)
@@ -118,8 +133,31 @@ def test_tiny_budget_study_writes_the_checked_format(tmp_path):
     spec = importlib.util.spec_from_file_location("hvs_effect_budget", ROOT / "benchmarks" / "effect_budget.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--tiny", "--data", "muted", "--arms", "baseline", "hvs", "min_iou", "matched", "--epochs", "24", "48",
-              "--seeds", "0", "1", "2", "--longest", "48", "--procs", "2", "--out", str(tmp_path)])
+    mod.main(
+        [
+            "--tiny",
+            "--data",
+            "muted",
+            "--arms",
+            "baseline",
+            "hvs",
+            "min_iou",
+            "matched",
+            "--epochs",
+            "24",
+            "48",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--longest",
+            "48",
+            "--procs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     budget = json.loads((tmp_path / "effect.json").read_text())["budget"]
     assert set(budget) == {"muted"} and set(budget["muted"]) == {"baseline", "hvs", "min_iou", "matched"}
     for arm in ("baseline", "hvs", "min_iou"):

@@ -1,5 +1,6 @@
 """Core hard-view generator (hvs_plugins.generator): budget, noise, RNG isolation, gradient reversal,
 schedule, configuration errors, candidates, the cost benchmark's smoke run and the figure."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,8 +37,7 @@ def _one_thread():
 def images(b: int = 4, h: int = 16, w: int = 16, seed: int = 0) -> torch.Tensor:
     """Normalised views of smooth images in [0, 1] (some pixels near 0 and 1, so the clamp acts)."""
     g = torch.Generator().manual_seed(seed)
-    x01 = torch.nn.functional.interpolate(torch.rand(b, 3, 4, 4, generator=g), size=(h, w), mode="bilinear",
-                                          align_corners=False)
+    x01 = torch.nn.functional.interpolate(torch.rand(b, 3, 4, 4, generator=g), size=(h, w), mode="bilinear", align_corners=False)
     return (x01 - MEAN) / STD
 
 
@@ -257,19 +257,22 @@ def test_stats_and_hardness_gap():
 
 
 # ----------------------------------------------------------------------------- configuration errors
-@pytest.mark.parametrize("kw, match", [
-    ({"eps": 0.0}, r"eps must be in \(0, 1\].*set eps to e\.g\. 0\.05"),
-    ({"eps": -0.1}, r"eps must be in \(0, 1\]"),
-    ({"eps": 1.5}, r"eps must be in \(0, 1\]"),
-    ({"eps": float("nan")}, r"eps must be in \(0, 1\]"),
-    ({"eps_start": 2.0}, r"eps_start must be in \(0, 1\].*set eps_start"),
-    ({"eps_end": 0.0}, r"eps_end must be in \(0, 1\]"),
-    ({"ramp_epochs": -1}, r"ramp_epochs must be >= 0"),
-    ({"eps": None}, r"give the budget: eps=0\.05, or eps_start and eps_end"),
-    ({"reverse_scale": 0}, r"reverse_scale must be > 0"),
-    ({"stem_kernel": 4}, r"stem_kernel must be an odd int"),
-    ({"mean": (0.5, 0.5)}, r"one value per channel \(3\).*Normalize"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"eps": 0.0}, r"eps must be in \(0, 1\].*set eps to e\.g\. 0\.05"),
+        ({"eps": -0.1}, r"eps must be in \(0, 1\]"),
+        ({"eps": 1.5}, r"eps must be in \(0, 1\]"),
+        ({"eps": float("nan")}, r"eps must be in \(0, 1\]"),
+        ({"eps_start": 2.0}, r"eps_start must be in \(0, 1\].*set eps_start"),
+        ({"eps_end": 0.0}, r"eps_end must be in \(0, 1\]"),
+        ({"ramp_epochs": -1}, r"ramp_epochs must be >= 0"),
+        ({"eps": None}, r"give the budget: eps=0\.05, or eps_start and eps_end"),
+        ({"reverse_scale": 0}, r"reverse_scale must be > 0"),
+        ({"stem_kernel": 4}, r"stem_kernel must be an odd int"),
+        ({"mean": (0.5, 0.5)}, r"one value per channel \(3\).*Normalize"),
+    ],
+)
 def test_bad_configuration_names_the_fix(kw, match):
     with pytest.raises(ValueError, match=match):
         small(**kw)
@@ -278,8 +281,11 @@ def test_bad_configuration_names_the_fix(kw, match):
 def test_from_config_unknown_keys_list_the_valid_ones():
     gen = HardViewGenerator.from_config({"eps": 0.1, "width": 4, "n_blocks": 1, "stem_kernel": 3, "shared": False})
     assert gen.eps == 0.1 and len(gen.networks) == 2
-    with pytest.raises(ValueError, match=r"unknown HardViewGenerator option\(s\): 'epss' \(did you mean 'eps'\?\)"
-                                         r".*valid keys: channels, eps, eps_start"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown HardViewGenerator option\(s\): 'epss' \(did you mean 'eps'\?\)"
+        r".*valid keys: channels, eps, eps_start",
+    ):
         HardViewGenerator.from_config({"epss": 0.1})
     with pytest.raises(TypeError, match="dict"):
         HardViewGenerator.from_config([("eps", 0.1)])
@@ -338,8 +344,7 @@ def test_generator_cost_benchmark_smoke(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("hvs_generator_cost", ROOT / "benchmarks" / "generator_cost.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.main(["--steps", "2", "--warmup", "0", "--batch", "4", "--size", "16",
-                    "--out", str(tmp_path / "cost.json")])
+    out = mod.main(["--steps", "2", "--warmup", "0", "--batch", "4", "--size", "16", "--out", str(tmp_path / "cost.json")])
     for arm in out["arms"].values():
         assert arm["ratio"] > 0 and math.isfinite(arm["ratio"])
     assert "cost ratio" in capsys.readouterr().out and (tmp_path / "cost.json").exists()

@@ -1,5 +1,6 @@
 """benchmarks/gpu: the device check's plan and its CPU dry run (install into a temporary site when
 the wheels were prepared, the CPU test leg, the smoke benchmark profile, JSON + log)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,13 @@ def test_run_refuses_without_cuda_unless_dry_run(tmp_path):
 
 
 def test_run_dry_run_on_cpu(tmp_path):
-    proc = subprocess.run([sys.executable, str(GPU / "run.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500"],
-                          capture_output=True, text=True, timeout=1800, cwd=str(ROOT))  # ~40 s idle; a loaded box is slower
+    proc = subprocess.run(
+        [sys.executable, str(GPU / "run.py"), "--dry-run", "--out", str(tmp_path), "--budget", "1500"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=str(ROOT),
+    )  # ~40 s idle; a loaded box is slower
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}

@@ -1,6 +1,7 @@
 """score_layer (APPROXIMATE selection on an earlier layer's activations): the selection equals a
 brute-force cosine-distance argmax on that layer, the network runs only up to it, state and RNG
 stay bitwise unchanged, and bad names are clear errors (core and the lightly adapter)."""
+
 from __future__ import annotations
 
 import copy
@@ -135,8 +136,7 @@ def test_lightly_score_layer_equals_brute_force_and_is_labelled_approximate():
         HVSLoss(NegativeCosineSimilarity(), n_views=4, score_layer="layer1").select(views, model)
     with pytest.raises(ValueError, match="plain function"):
         HVSLoss(NegativeCosineSimilarity(), n_views=4, score_layer="backbone.conv1").select(views, lambda x: model(x))
-    HVSLoss(NegativeCosineSimilarity(), n_views=4, score_layer="backbone.conv1").select(
-        views, lambda x: model(x), modules=[model])
+    HVSLoss(NegativeCosineSimilarity(), n_views=4, score_layer="backbone.conv1").select(views, lambda x: model(x), modules=[model])
     with pytest.raises(ValueError, match="score_layer is for two-view losses"):
         HVSLoss(DINOLoss(output_dim=8), score_layer="backbone.conv1")
     with pytest.raises(TypeError, match="module name"):

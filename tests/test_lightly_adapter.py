@@ -1,5 +1,6 @@
 """lightly adapter with the real lightly: exactness per loss, real HVS training steps for SimSiam,
 SimCLR, BYOL, MoCo (memory bank) and DINO, and side-effect freedom of the selection."""
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,11 @@ N, M, D = 4, 12, 16
 # ------------------------------------------------------------------ helpers
 def backbone(width: int = 8) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -289,7 +293,7 @@ def test_simsiam_training_step():
     for i in range(x0.shape[0]):
         k, l = chosen[i].tolist()
         (zk, pk), (zl, pl) = outs[k], outs[l]
-        ref = 0.5 * (NegativeCosineSimilarity()(zk[i:i + 1], pl[i:i + 1]) + NegativeCosineSimilarity()(zl[i:i + 1], pk[i:i + 1]))
+        ref = 0.5 * (NegativeCosineSimilarity()(zk[i : i + 1], pl[i : i + 1]) + NegativeCosineSimilarity()(zl[i : i + 1], pk[i : i + 1]))
         assert torch.allclose(crit.last_selection.selected_losses[i], ref, atol=1e-5)
     z0, p0 = model(x0)
     z1, p1 = model(x1)
@@ -384,7 +388,11 @@ class LayerNormDINO(DINO):
     def __init__(self, out_dim: int = 32, dropout: float = 0.0) -> None:
         super().__init__(out_dim)
         self.student_backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(8),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.LayerNorm(8),
             nn.Dropout(dropout),
         )
         self.teacher_backbone = copy.deepcopy(self.student_backbone)
@@ -440,10 +448,8 @@ def test_dino_teacher_reuse_refuses_inexact_settings():
     with pytest.raises(ValueError, match=r"needs selection at full resolution \(resolution_scale=1\.0, got 0\.5\)"):
         HVSLoss(DINOLoss(output_dim=32), resolution_scale=0.5).select(views, ln, ln.forward_teacher, return_teacher_out=True)
     with pytest.raises(ValueError, match=r"must check the teacher network, but the teacher forward is a plain function"):
-        HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x),
-                                                return_teacher_out=True)
-    HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x),
-                                            return_teacher_out=True, modules=[ln])
+        HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x), return_teacher_out=True)
+    HVSLoss(DINOLoss(output_dim=32)).select(views, lambda x: ln(x), lambda x: ln.forward_teacher(x), return_teacher_out=True, modules=[ln])
     with pytest.raises(ValueError, match="return_teacher_out=True is for DINOLoss"):
         HVSLoss(NegativeCosineSimilarity()).select(views[:4], SimSiam(), return_teacher_out=True)
 

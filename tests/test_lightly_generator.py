@@ -1,6 +1,7 @@
 """The hard-view generator in lightly training loops (real lightly losses, heads and transforms):
 adversarial direction, host state untouched, exact resume, generation then selection with HVSLoss,
 normalisation from lightly transforms, errors, and 2-process DDP."""
+
 from __future__ import annotations
 
 import copy
@@ -60,9 +61,16 @@ class SimCLR(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.projection_head = SimCLRProjectionHead(16, 32, 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,8 +123,11 @@ def test_lightly_adapter_errors_name_the_fix(views):
         small_gen()(views[0])
     with pytest.raises(ValueError, match=r"pair of views.*got 1 view"):
         small_gen()([views[0]])
-    with pytest.raises(ValueError, match=r"unknown HardViewGenerator option\(s\): 'normalise' \(did you mean "
-                                         r"'normalize'\?\).*valid keys:.*normalize, transform"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown HardViewGenerator option\(s\): 'normalise' \(did you mean "
+        r"'normalize'\?\).*valid keys:.*normalize, transform",
+    ):
         HardViewGenerator.from_config({"normalise": None})
     with pytest.raises(ValueError, match=r"normalize=\{'mean'"):
         HardViewGenerator(mean=(0.5,) * 3)
@@ -124,8 +135,9 @@ def test_lightly_adapter_errors_name_the_fix(views):
         HardViewGenerator(normalize={"mean": [0.5] * 3})
     with pytest.raises(ValueError, match=r"eps must be in \(0, 1\]"):
         HardViewGenerator.from_config({"eps": 2})
-    gen = HardViewGenerator.from_config({"eps_start": 0.02, "eps_end": 0.1, "ramp_epochs": 10, "normalize": None,
-                                         "width": 4, "n_blocks": 1})
+    gen = HardViewGenerator.from_config(
+        {"eps_start": 0.02, "eps_end": 0.1, "ramp_epochs": 10, "normalize": None, "width": 4, "n_blocks": 1}
+    )
     gen.set_epoch(5)
     assert gen.eps == pytest.approx(0.06)
 
@@ -174,7 +186,8 @@ def test_generator_step_leaves_the_host_state_bitwise_unchanged(views):
     assert_bitwise(before[1], state(crit), "loss state (memory bank)")
     assert str(before[2]) == str(opt.state_dict()) and all(
         torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-        for a, b in zip(before[2]["state"].values(), opt.state_dict()["state"].values()))
+        for a, b in zip(before[2]["state"].values(), opt.state_dict()["state"].values())
+    )
     assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
     assert torch.equal(rng, torch.random.get_rng_state())
     assert any(not torch.equal(a, b) for a, b in zip(gen_before, gen.parameters()))
@@ -324,14 +337,19 @@ def _free_port() -> int:
 
 @pytest.mark.slow  # ~10 s: one interpreter importing torch + lightly, then 2 forked gloo workers
 def test_ddp_two_processes_generator_parameters_identical(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    )
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, str(REPO / "tests" / "_dist_helpers" / "generator_ddp.py"), str(tmp_path), "3"]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:

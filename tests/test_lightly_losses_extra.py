@@ -1,6 +1,7 @@
 """More lightly losses with the real lightly: DCLLoss, DCLWLoss, MACLLoss, TiCoLoss, DirectCLRLoss
 (exact per pair when every sample is on it, float64), the labelled invariance proxy for
 BarlowTwinsLoss / VICRegLoss (off unless proxy=True), real training steps and bitwise state."""
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,11 @@ def _worst(losses: torch.Tensor, pairs: torch.Tensor, host) -> float:
     return max(abs(float(losses[row].mean()) - float(host(k, l))) for row, (k, l) in enumerate(pairs.tolist()))
 
 
-@pytest.mark.parametrize("crit", [DCLLoss(temperature=0.2), DCLWLoss(temperature=0.2, sigma=0.5),
-                                  DCLLoss(weight_fn=lambda a, b: ((a - b) ** 2).sum(1))], ids=["dcl", "dclw", "dcl-weight-fn"])
+@pytest.mark.parametrize(
+    "crit",
+    [DCLLoss(temperature=0.2), DCLWLoss(temperature=0.2, sigma=0.5), DCLLoss(weight_fn=lambda a, b: ((a - b) ** 2).sum(1))],
+    ids=["dcl", "dclw", "dcl-weight-fn"],
+)
 def test_dcl_exact_per_pair(crit):
     z = _z(0)
     pairs = all_pairs(N)
@@ -91,7 +95,9 @@ def test_directclr_exact_on_its_first_dimensions():
 
 def test_proxy_off_unless_asked_and_labelled():
     for crit in (BarlowTwinsLoss(), VICRegLoss()):
-        with pytest.raises(NotImplementedError, match=r"(?s)no per-sample loss for .*not sample-decomposable.*proxy=True.*register_pair_loss"):
+        with pytest.raises(
+            NotImplementedError, match=r"(?s)no per-sample loss for .*not sample-decomposable.*proxy=True.*register_pair_loss"
+        ):
             HVSLoss(crit, n_views=N)
         hvs = HVSLoss(crit, n_views=N, proxy=True)
         assert hvs.scoring == "proxy"
@@ -113,8 +119,7 @@ def test_proxy_off_unless_asked_and_labelled():
 class Net(nn.Module):
     def __init__(self, dim: int = D) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, dim))
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.head_momentum = copy.deepcopy(self.head)
@@ -138,9 +143,19 @@ def _assert_same(before, *modules):
         assert snap.keys() == now.keys() and all(torch.equal(snap[k], now[k]) for k in snap)
 
 
-@pytest.mark.parametrize("make", [lambda: DCLLoss(), lambda: DCLWLoss(), lambda: MACLLoss(), lambda: DirectCLRLoss(loss_dim=6),
-                                  lambda: TiCoLoss(), lambda: BarlowTwinsLoss(), lambda: VICRegLoss()],
-                         ids=["dcl", "dclw", "macl", "directclr", "tico", "barlow-proxy", "vicreg-proxy"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DCLLoss(),
+        lambda: DCLWLoss(),
+        lambda: MACLLoss(),
+        lambda: DirectCLRLoss(loss_dim=6),
+        lambda: TiCoLoss(),
+        lambda: BarlowTwinsLoss(),
+        lambda: VICRegLoss(),
+    ],
+    ids=["dcl", "dclw", "macl", "directclr", "tico", "barlow-proxy", "vicreg-proxy"],
+)
 def test_training_step_state_untouched(make):
     torch.manual_seed(0)
     model, crit = Net(), make()

@@ -1,4 +1,5 @@
 """Static colour during selection (paper Fig. 4 right) with lightly's real transforms and loss."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -109,8 +110,11 @@ def _batch(t: StaticColourViews, images: list, seed: int = 0) -> tuple:
     torch.manual_seed(seed)
     items = [t(im) for im in images]
     n = len(items[0][0])
-    return ([torch.stack([it[0][c] for it in items]) for c in range(n)],
-            [torch.stack([it[1][c] for it in items]) for c in range(n)], torch.stack([it[2] for it in items]))
+    return (
+        [torch.stack([it[0][c] for it in items]) for c in range(n)],
+        [torch.stack([it[1][c] for it in items]) for c in range(n)],
+        torch.stack([it[2] for it in items]),
+    )
 
 
 def test_deferred_colours_only_the_chosen_crops_after_selection():
@@ -159,13 +163,13 @@ def test_select_with_deferred_train_views():
 def test_batched_shared_colour_matches_the_pil_kernels():
     from torchvision import tv_tensors
 
-    t = StaticColourViews(SimCLRTransform(input_size=16, gaussian_blur=0.0, cj_prob=1.0, cj_hue=0.2, random_gray_scale=0.0),
-                          4, deferred=True)
+    t = StaticColourViews(
+        SimCLRTransform(input_size=16, gaussian_blur=0.0, cj_prob=1.0, cj_hue=0.2, random_gray_scale=0.0), 4, deferred=True
+    )
     torch.manual_seed(0)
     crops, _ = t.crops(_image(4))
     state = torch.get_rng_state()
-    batch = t.tail(t.photometric(tv_tensors.Image(torch.stack([torch.from_numpy(np.asarray(c).copy()).permute(2, 0, 1)
-                                                                   for c in crops]))))
+    batch = t.tail(t.photometric(tv_tensors.Image(torch.stack([torch.from_numpy(np.asarray(c).copy()).permute(2, 0, 1) for c in crops]))))
     for c, crop in enumerate(crops):  # the same draw through PIL's kernels, candidate by candidate
         torch.set_rng_state(state)
         ref = t.tail(t.photometric(crop))
@@ -185,6 +189,5 @@ def test_chosen_pair_colouring_equals_the_view_by_view_pipeline():
     torch.manual_seed(7)
     x0, x1 = t.colour_chosen(crops)(chosen)
     torch.manual_seed(7)  # the same draws, view by view through the PIL pipeline and its tail
-    ref = [[t.tail(t.photometric(Image.fromarray(crops[c][m].permute(1, 2, 0).numpy()))) for c in chosen[m].tolist()]
-           for m in range(5)]
+    ref = [[t.tail(t.photometric(Image.fromarray(crops[c][m].permute(1, 2, 0).numpy()))) for c in chosen[m].tolist()] for m in range(5)]
     assert torch.equal(x0, torch.stack([r[0] for r in ref])) and torch.equal(x1, torch.stack([r[1] for r in ref]))

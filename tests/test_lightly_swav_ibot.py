@@ -1,6 +1,7 @@
 """SwAV and iBOT with the real lightly: exactness against SwaVLoss / DINOLoss + IBOTPatchLoss,
 real HVS training steps, and bitwise side-effect freedom (parameters, buffers, queues,
 prototypes, centers, global RNG) of the selection."""
+
 from __future__ import annotations
 
 import copy
@@ -64,9 +65,7 @@ class SwaV(nn.Module):
 
     def __init__(self, queue_length: int = 0) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.projection_head = SwaVProjectionHead(8, 16, D)
         self.prototypes = SwaVPrototypes(D, n_prototypes=K)
         self.queues = nn.ModuleList([MemoryBankModule(size=(queue_length, D)) for _ in range(2)]) if queue_length else None
@@ -83,8 +82,9 @@ class SwaV(nn.Module):
 
 
 def swav_transform(n_low: int = 2):
-    return SwaVTransform(crop_sizes=(16, 8), crop_counts=(2, n_low), crop_min_scales=(0.5, 0.2),
-                         crop_max_scales=(1.0, 0.5), gaussian_blur=0.0)
+    return SwaVTransform(
+        crop_sizes=(16, 8), crop_counts=(2, n_low), crop_min_scales=(0.5, 0.2), crop_max_scales=(1.0, 0.5), gaussian_blur=0.0
+    )
 
 
 @pytest.mark.parametrize("queue_length", [0, 24])
@@ -95,7 +95,7 @@ def test_swav_every_combination_exact_when_the_batch_shares_it(queue_length):
     model.prototypes.normalize()
     views = batch_of(CandidateViews(swav_transform()))
     assert len(views) == 4 + 4
-    hvs = HVSLoss(SwaVLoss(), cap=10 ** 6)  # cap >= size: every combination, in flat order
+    hvs = HVSLoss(SwaVLoss(), cap=10**6)  # cap >= size: every combination, in flat order
     queue = model.queue_scores() if queue_length else None
     hvs.select(views, model, queue=queue)
     losses = hvs.last_selection.candidate_losses  # [C, M]
@@ -145,7 +145,7 @@ def test_swav_exact_search_is_the_best_combination():
     torch.manual_seed(1)
     model = SwaV()
     views = [torch.randn(6, 3, 16, 16) for _ in range(4)] + [torch.randn(6, 3, 8, 8) for _ in range(6)]
-    exact, full = HVSLoss(SwaVLoss(), exact=True), HVSLoss(SwaVLoss(), cap=10 ** 6)
+    exact, full = HVSLoss(SwaVLoss(), exact=True), HVSLoss(SwaVLoss(), cap=10**6)
     exact.select(views, model)
     full.select(views, model)
     brute = full.last_selection.candidate_losses.max(0).values
@@ -248,7 +248,7 @@ def test_ibot_every_combination_exact(weights):
     model = IBOT()
     views, masks = ibot_views_and_masks()
     assert len(views) == 4 + 4 and masks[0].any()
-    crit = HVSLoss(ibot_criterion(cls_weight=weights[0], patch_weight=weights[1]), cap=10 ** 6)
+    crit = HVSLoss(ibot_criterion(cls_weight=weights[0], patch_weight=weights[1]), cap=10**6)
     crit.select(views, model.student, model.teacher, masks=masks, epoch=1)
     losses = crit.last_selection.candidate_losses  # [C, M], every combination in flat order
     combos = CombinationSpace(4, 4, 2).enumerate_all()
@@ -290,7 +290,7 @@ def test_ibot_exact_search_is_the_best_combination_and_off_steps():
     torch.manual_seed(1)
     model = IBOT()
     views, masks = ibot_views_and_masks(m=6, seed=3)
-    exact, full = HVSLoss(ibot_criterion(), exact=True), HVSLoss(ibot_criterion(), cap=10 ** 6)
+    exact, full = HVSLoss(ibot_criterion(), exact=True), HVSLoss(ibot_criterion(), cap=10**6)
     exact.select(views, model.student, model.teacher, masks=masks)
     full.select(views, model.student, model.teacher, masks=masks)
     brute = full.last_selection.candidate_losses.max(0).values
@@ -303,11 +303,10 @@ def test_ibot_chunked_selection_equals_whole_batch_and_stats_off():
     torch.manual_seed(2)
     model = IBOT()
     views, masks = ibot_views_and_masks(m=7, seed=4)
-    whole, chunked = HVSLoss(ibot_criterion(), cap=10 ** 6), HVSLoss(ibot_criterion(), cap=10 ** 6, chunk_size=3, stats=False)
+    whole, chunked = HVSLoss(ibot_criterion(), cap=10**6), HVSLoss(ibot_criterion(), cap=10**6, chunk_size=3, stats=False)
     whole.select(views, model.student, model.teacher, masks=masks)
     chunked.select(views, model.student, model.teacher, masks=masks)  # chunks of 3, 4 samples: masks sliced alike
-    torch.testing.assert_close(chunked.last_selection.candidate_losses, whole.last_selection.candidate_losses,
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.last_selection.candidate_losses, whole.last_selection.candidate_losses, rtol=1e-5, atol=1e-6)
 
 
 def test_ibot_bad_input_is_refused():

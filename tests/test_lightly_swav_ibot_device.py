@@ -1,6 +1,7 @@
 """SwAV, iBOT and the extra two-view losses on every device (``device`` fixture: cpu, and cuda where
 present): selection with the networks, losses, queue and masks on the device gives the CPU's
 scores, and leaves every parameter, buffer, center, queue and the RNG bitwise unchanged."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,7 @@ def _scores_on(device, make_model, make_loss, call):
     out = {}
     for dev in (torch.device("cpu"), device):
         torch.manual_seed(0)  # the same weights on both devices (weight-normed heads do not deepcopy)
-        m, crit = make_model().to(dev), HVSLoss(make_loss().to(dev), cap=10 ** 6)
+        m, crit = make_model().to(dev), HVSLoss(make_loss().to(dev), cap=10**6)
         snap, rng = full_state(m, crit), _rng(dev)
         call(crit, m, dev)
         assert_bitwise_unchanged(snap, m, crit)

@@ -1,5 +1,6 @@
 """Issue 18, lightly: the traps a new user fell into with lightly's own objects, each now either
 correct or loud (a message that names the fix, and following it works)."""
+
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,10 @@ from torch import nn
 pytest.importorskip("lightly")
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss, SwaVLoss  # noqa: E402
 from lightly.models.modules import (  # noqa: E402
-    BYOLPredictionHead, BYOLProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead,
+    BYOLPredictionHead,
+    BYOLProjectionHead,
+    SimSiamPredictionHead,
+    SimSiamProjectionHead,
 )
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 from lightly.transforms import BYOLTransform, DINOTransform, SimCLRTransform  # noqa: E402
@@ -67,8 +71,7 @@ def collate(items: list) -> list[torch.Tensor]:
 
 
 def state(*modules: nn.Module) -> dict:
-    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules)
-            for k, v in list(m.state_dict().items())}
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in list(m.state_dict().items())}
 
 
 # ---------------------------------------------------------------- 1. a forward given as a lambda
@@ -103,9 +106,12 @@ def test_moco_memory_bank_without_momentum_forward_is_refused():
     model = BYOL()  # forward -> query, forward_momentum -> key (as lightly's MoCo example)
     crit = HVSLoss(NTXentLoss(temperature=0.2, memory_bank_size=(16, 8)), n_views=4)
     views = [torch.randn(6, 3, 16, 16) for _ in range(4)]
-    with pytest.raises(ValueError, match=r"NTXentLoss with a memory bank \(MoCo\) compares each query with the key of the "
-                       r"momentum network, but select\(\) got no momentum forward: call select\(views, model, "
-                       r"model.forward_momentum\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"NTXentLoss with a memory bank \(MoCo\) compares each query with the key of the "
+        r"momentum network, but select\(\) got no momentum forward: call select\(views, model, "
+        r"model.forward_momentum\)",
+    ):
         crit.select(views, model)
     x0, x1 = crit.select(views, model, model.forward_momentum)  # the advice works
     assert x0.shape == (6, 3, 16, 16)
@@ -114,8 +120,7 @@ def test_moco_memory_bank_without_momentum_forward_is_refused():
 
 # ---------------------------------------------------------------- 3. BYOL's two pipelines
 def byol_candidates(size2: int = 24) -> CandidateViews:
-    t = BYOLTransform(BYOLView1Transform(input_size=32, gaussian_blur=0.0),
-                      BYOLView2Transform(input_size=size2, gaussian_blur=0.0))
+    t = BYOLTransform(BYOLView1Transform(input_size=32, gaussian_blur=0.0), BYOLView2Transform(input_size=size2, gaussian_blur=0.0))
     return CandidateViews(t, n_views=4)
 
 
@@ -125,9 +130,12 @@ def test_byol_transform_without_groups_is_refused_and_candidates_fix_it():
     views = collate([cv(im) for im in images()])
     model = BYOL()
     plain = HVSLoss(NegativeCosineSimilarity(), n_views=4)
-    with pytest.raises(ValueError, match=r"HVSLoss\(groups=None\) scores all 6 pairs of the 4 candidates, same-pipeline pairs "
-                       r"included, but the batch comes from CandidateViews\(BYOLTransform\) with two different view pipelines.*"
-                       r"HVSLoss\(criterion, candidates=candidate_views\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"HVSLoss\(groups=None\) scores all 6 pairs of the 4 candidates, same-pipeline pairs "
+        r"included, but the batch comes from CandidateViews\(BYOLTransform\) with two different view pipelines.*"
+        r"HVSLoss\(criterion, candidates=candidate_views\)",
+    ):
         plain.select(views, model, model.forward_momentum)
     fixed = HVSLoss(NegativeCosineSimilarity(), candidates=cv)  # n_views and groups from one source
     fixed.select(views, model, model.forward_momentum)
@@ -163,9 +171,12 @@ def test_target_reuse_before_the_momentum_update_is_refused():
             (x0, x1), (t0, t1) = crit.select(views, net, net.forward_momentum, return_target_out=True)
         return 0.5 * (crit(net(x0), t1) + crit(net(x1), t0))
 
-    with pytest.raises(ValueError, match=r"return_target_out=True: the momentum network changed between select\(\) and "
-                       r"the loss \(update_momentum ran after select\).*Call select\(\.\.\., return_target_out=True\) "
-                       r"after update_momentum"):
+    with pytest.raises(
+        ValueError,
+        match=r"return_target_out=True: the momentum network changed between select\(\) and "
+        r"the loss \(update_momentum ran after select\).*Call select\(\.\.\., return_target_out=True\) "
+        r"after update_momentum",
+    ):
         step(select_first=True)
     loss = step(select_first=False)  # the advice works, and the outputs are the fresh ones
     (x0, x1), (t0, t1) = crit.select(views, net, net.forward_momentum, return_target_out=True)
@@ -183,8 +194,11 @@ def test_one_sample_batch_trains_on_a_plain_pair_with_a_lambda_forward():
     crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
     views = [torch.randn(1, 3, 16, 16) for _ in range(4)]
     before = state(model)
-    with pytest.warns(HVSUnscorableWarning, match=r"HVS could not score a batch \(BatchNorm in train mode got one value per "
-                      r"channel .*plain random pair"):
+    with pytest.warns(
+        HVSUnscorableWarning,
+        match=r"HVS could not score a batch \(BatchNorm in train mode got one value per "
+        r"channel .*plain random pair",
+    ):
         x0, x1 = crit.select(views, lambda x: model(x))
     assert torch.equal(x0, views[0]) and torch.equal(x1, views[1]) and crit.unscorable_batches == 1
     assert all(torch.equal(v, state(model)[k]) for k, v in before.items())
@@ -202,9 +216,12 @@ def test_multicrop_plain_transform_says_wrap_it(kind):
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16))
     crit = HVSLoss(DINOLoss(output_dim=16)) if kind == "dino" else HVSLoss(SwaVLoss())
     name = "DINO" if kind == "dino" else "SwAV"
-    with pytest.raises(ValueError, match=rf"{name} HVS expects 4 global candidates \(2 per global crop\) of one size first, "
-                       r"then 2 candidates per local crop; got 8 views \(2 x 32x32, 6 x 16x16\).*wrap it with "
-                       r"CandidateViews\(transform\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{name} HVS expects 4 global candidates \(2 per global crop\) of one size first, "
+        r"then 2 candidates per local crop; got 8 views \(2 x 32x32, 6 x 16x16\).*wrap it with "
+        r"CandidateViews\(transform\)",
+    ):
         crit.select(views, net, epoch=0) if kind == "swav" else crit.select(views, net, net, epoch=0)
     cv = CandidateViews(t)  # the advice: 4 global + 12 local candidates
     views = collate([cv(im) for im in images(4)])
@@ -225,8 +242,11 @@ def test_byol_two_view_sizes_train_with_cross_pairs():
     loss = 0.5 * (crit(model(x0), model.forward_momentum(x1)) + crit(model(x1), model.forward_momentum(x0)))
     assert torch.isfinite(loss)
     # every pair on purpose, with mixed sizes: the message says what to do
-    with pytest.raises(ValueError, match=r"candidate views differ in size \(candidate: size 0: 32x32, 1: 24x24, 2: 32x32, "
-                       r"3: 24x24\).*HVSLoss\(criterion, candidates=candidate_views\).*groups='interleaved'"):
+    with pytest.raises(
+        ValueError,
+        match=r"candidate views differ in size \(candidate: size 0: 32x32, 1: 24x24, 2: 32x32, "
+        r"3: 24x24\).*HVSLoss\(criterion, candidates=candidate_views\).*groups='interleaved'",
+    ):
         HVSLoss(NegativeCosineSimilarity(), n_views=4, groups="all").select(views, model, model.forward_momentum)
 
 
@@ -255,8 +275,11 @@ def test_select_by_min_iou_runs_no_forward_and_takes_the_lowest_iou_pair():
     chosen = crit.last_selection.index
     assert torch.equal(ious.gather(0, chosen.unsqueeze(0)).squeeze(0), ious.min(0).values)
     assert crit.last_stats.lowest_iou_fraction == 1.0 and x0.shape == (8, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"select_by='min_iou' needs the crop boxes: CandidateViews\(transform, "
-                       r"return_boxes=True\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"select_by='min_iou' needs the crop boxes: CandidateViews\(transform, "
+        r"return_boxes=True\)",
+    ):
         crit.select(views, no_forward)
     with pytest.raises(ValueError, match=r"select_by must be 'loss' \(HVS\) or 'min_iou'"):
         HVSLoss(NTXentLoss(), select_by="iou")

@@ -3,6 +3,7 @@ and tiny images (helpers from test_mmselfsup_hook): registration and the config 
 budget in [0, 1] pixel units from mm's 0-255 mean/std, the generator's gradient inside the
 runner's train_step, exact resume (2 + 2 iterations == 4), a disabled generator leaves the run
 bitwise unchanged, selection then generation, the hardness gap, errors that name the fix."""
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,7 @@ MM_MEAN, MM_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 TINY = dict(width=8, n_blocks=1, stem_kernel=3)  # a small generator network: fast on a shared CPU
 
 
-def gen_cfg(work_dir, algo="SimSiam", num_views=2, max_epochs=1, resume=False, deterministic=False,
-            selection=None, **gen_kwargs):
+def gen_cfg(work_dir, algo="SimSiam", num_views=2, max_epochs=1, resume=False, deterministic=False, selection=None, **gen_kwargs):
     """make_cfg with the generator hook (and optionally the selection hook first or second);
     ``deterministic``: both views a centre crop (no augmentation RNG), so that a resumed run can be
     compared bitwise with an uninterrupted one (mmengine does not restore the global numpy RNG)."""
@@ -249,8 +249,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     ga, gb = _gen_hook(full).generator, _gen_hook(resumed).generator
     sa, sb = ga.state_dict(), gb.state_dict()
     for key, value in sa["networks"].items():
-        assert (torch.equal(value, sb["networks"][key]) if isinstance(value, torch.Tensor)
-                else value == sb["networks"][key]), key
+        assert torch.equal(value, sb["networks"][key]) if isinstance(value, torch.Tensor) else value == sb["networks"][key], key
     for pid, moments in sa["optimizer"]["state"].items():
         for k, v in moments.items():
             assert torch.equal(v, sb["optimizer"]["state"][pid][k]), (pid, k)
@@ -337,14 +336,14 @@ def test_hardness_gap_scores_the_algorithms_own_loss(tmp_path):
     for loss, gap in losses:
         assert gap["generated"] == pytest.approx(loss, rel=1e-5, abs=1e-6)
     assert runner.message_hub.get_scalar("train/hvs_gen/hardness_gap").current() == pytest.approx(
-        losses[-1][1]["generated"] - losses[-1][1]["input"])
+        losses[-1][1]["generated"] - losses[-1][1]["input"]
+    )
     with pytest.raises(ValueError, match="set gap_interval=0"):
         Runner.from_cfg(gen_cfg(tmp_path / "bt", algo="BarlowTwins", gap_interval=5)).train()
 
 
 # ------------------------------------------------------------------ errors that name the fix
-@pytest.mark.parametrize("options", [dict(eps=0), dict(eps=1.5), dict(eps_start=-0.01, eps_end=0.05),
-                                     dict(eps_end=float("nan"))])
+@pytest.mark.parametrize("options", [dict(eps=0), dict(eps=1.5), dict(eps_start=-0.01, eps_end=0.05), dict(eps_end=float("nan"))])
 def test_bad_budget(options):
     with pytest.raises(ValueError, match=r"must be in \(0, 1\].*set eps\w* to e\.g\. 0\.05.*pixel units"):
         HardViewGeneratorHook(**options)

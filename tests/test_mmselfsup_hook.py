@@ -2,6 +2,7 @@
 
 Skipped with a visible reason where MMSelfSup is not installed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,14 +39,21 @@ class HVSTinyImages(BaseDataset):
 
     def load_data_list(self):
         rng = np.random.RandomState(self._seed)
-        return [dict(img=rng.randint(0, 256, (24, 24, 3), dtype=np.uint8), img_path=f"{i}.png")
-                for i in range(self._n)]
+        return [dict(img=rng.randint(0, 256, (24, 24, 3), dtype=np.uint8), img_path=f"{i}.png") for i in range(self._n)]
 
 
 def _predictor(d, with_last_bn=False, with_last_bias=True):
-    return dict(type="NonLinearNeck", in_channels=d, hid_channels=16, out_channels=d, num_layers=2,
-                with_bias=True, with_last_bn=with_last_bn, with_last_bias=with_last_bias,
-                with_avg_pool=False)
+    return dict(
+        type="NonLinearNeck",
+        in_channels=d,
+        hid_channels=16,
+        out_channels=d,
+        num_layers=2,
+        with_bias=True,
+        with_last_bn=with_last_bn,
+        with_last_bias=with_last_bias,
+        with_avg_pool=False,
+    )
 
 
 # ResNet-18 layout with 16 base channels (a quarter of the width): fast on a shared CPU
@@ -54,59 +62,102 @@ FEAT = 128  # 16 * 8 channels after stage 4
 MODELS = {
     "SimSiam": dict(
         type="SimSiam",
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=32, num_layers=3,
-                  with_last_bn_affine=False, with_avg_pool=True),
+        neck=dict(
+            type="NonLinearNeck",
+            in_channels=FEAT,
+            hid_channels=32,
+            out_channels=32,
+            num_layers=3,
+            with_last_bn_affine=False,
+            with_avg_pool=True,
+        ),
         head=dict(type="LatentPredictHead", loss=dict(type="CosineSimilarityLoss"), predictor=_predictor(32)),
     ),
     "BYOL": dict(
-        type="BYOL", base_momentum=0.9,
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=32, num_layers=2,
-                  with_bias=True, with_last_bn=False, with_avg_pool=True),
+        type="BYOL",
+        base_momentum=0.9,
+        neck=dict(
+            type="NonLinearNeck",
+            in_channels=FEAT,
+            hid_channels=32,
+            out_channels=32,
+            num_layers=2,
+            with_bias=True,
+            with_last_bn=False,
+            with_avg_pool=True,
+        ),
         head=dict(type="LatentPredictHead", loss=dict(type="CosineSimilarityLoss"), predictor=_predictor(32)),
     ),
     "SimCLR": dict(
         type="SimCLR",
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=16, num_layers=2,
-                  with_avg_pool=True),
+        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=16, num_layers=2, with_avg_pool=True),
         head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.1),
     ),
     "MoCo": dict(
-        type="MoCo", queue_len=32, feat_dim=16, momentum=0.9,
+        type="MoCo",
+        queue_len=32,
+        feat_dim=16,
+        momentum=0.9,
         neck=dict(type="MoCoV2Neck", in_channels=FEAT, hid_channels=32, out_channels=16, with_avg_pool=True),
         head=dict(type="ContrastiveHead", loss=dict(type="mmcls.CrossEntropyLoss"), temperature=0.2),
     ),
     "MoCoV3": dict(
-        type="MoCoV3", base_momentum=0.9,
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=16, num_layers=2,
-                  with_bias=False, with_last_bn=True, with_last_bn_affine=False, with_last_bias=False,
-                  with_avg_pool=True),
-        head=dict(type="MoCoV3Head", predictor=_predictor(16, with_last_bias=False),
-                  loss=dict(type="mmcls.CrossEntropyLoss", loss_weight=2 * 0.2), temperature=0.2),
+        type="MoCoV3",
+        base_momentum=0.9,
+        neck=dict(
+            type="NonLinearNeck",
+            in_channels=FEAT,
+            hid_channels=32,
+            out_channels=16,
+            num_layers=2,
+            with_bias=False,
+            with_last_bn=True,
+            with_last_bn_affine=False,
+            with_last_bias=False,
+            with_avg_pool=True,
+        ),
+        head=dict(
+            type="MoCoV3Head",
+            predictor=_predictor(16, with_last_bias=False),
+            loss=dict(type="mmcls.CrossEntropyLoss", loss_weight=2 * 0.2),
+            temperature=0.2,
+        ),
     ),
 }
 # added for issue 13 (tested below, not in the per-algorithm loops above)
-SWAV_NECK = dict(type="SwAVNeck", in_channels=FEAT, hid_channels=32, out_channels=16, with_avg_pool=True,
-                 norm_cfg=dict(type="BN1d"))
+SWAV_NECK = dict(type="SwAVNeck", in_channels=FEAT, hid_channels=32, out_channels=16, with_avg_pool=True, norm_cfg=dict(type="BN1d"))
 EXTRA_MODELS = {
-    "SwAV": dict(type="SwAV", neck=SWAV_NECK, head=dict(type="SwAVHead", loss=dict(
-        type="SwAVLoss", feat_dim=16, epsilon=0.05, temperature=0.1, num_crops=[2], num_prototypes=20))),
+    "SwAV": dict(
+        type="SwAV",
+        neck=SWAV_NECK,
+        head=dict(
+            type="SwAVHead", loss=dict(type="SwAVLoss", feat_dim=16, epsilon=0.05, temperature=0.1, num_crops=[2], num_prototypes=20)
+        ),
+    ),
     "BarlowTwins": dict(
         type="BarlowTwins",
-        neck=dict(type="NonLinearNeck", in_channels=FEAT, hid_channels=32, out_channels=32, num_layers=3,
-                  with_last_bias=False, with_last_bn=False, with_last_bn_affine=False, with_avg_pool=True),
-        head=dict(type="LatentCrossCorrelationHead", in_channels=32, loss=dict(type="CrossCorrelationLoss"))),
+        neck=dict(
+            type="NonLinearNeck",
+            in_channels=FEAT,
+            hid_channels=32,
+            out_channels=32,
+            num_layers=3,
+            with_last_bias=False,
+            with_last_bn=False,
+            with_last_bn_affine=False,
+            with_avg_pool=True,
+        ),
+        head=dict(type="LatentCrossCorrelationHead", in_channels=32, loss=dict(type="CrossCorrelationLoss")),
+    ),
 }
 ASYMMETRIC = {"BYOL", "MoCoV3"}  # two pipelines in MMSelfSup's configs: num_views [N/2, N/2]
 
 
-def make_cfg(algo, work_dir, n_views=4, num_views=None, max_epochs=1, resume=False, hook=True, n_local=0,
-             **hook_kwargs):
-    view = [dict(type="RandomResizedCrop", size=SIZE, scale=(0.2, 1.0), backend="pillow"),
-            dict(type="RandomFlip", prob=0.5)]
+def make_cfg(algo, work_dir, n_views=4, num_views=None, max_epochs=1, resume=False, hook=True, n_local=0, **hook_kwargs):
+    view = [dict(type="RandomResizedCrop", size=SIZE, scale=(0.2, 1.0), backend="pillow"), dict(type="RandomFlip", prob=0.5)]
     if num_views is None:
         num_views = [n_views // 2, n_views // 2] if algo in ASYMMETRIC else n_views
-    transforms = [view, view + [dict(type="RandomGrayscale", prob=0.5, keep_channels=True)]] \
-        if isinstance(num_views, list) else [view]
+    transforms = [view, view + [dict(type="RandomGrayscale", prob=0.5, keep_channels=True)]] if isinstance(num_views, list) else [view]
     model = copy.deepcopy({**MODELS, **EXTRA_MODELS}[algo])
     if n_local:  # SwAV multi-crop: 2 candidates per local crop of SIZE // 2
         num_views = [n_views, 2 * n_local] if hook else [2, n_local]
@@ -122,18 +173,25 @@ def make_cfg(algo, work_dir, n_views=4, num_views=None, max_epochs=1, resume=Fal
         model=model,
         work_dir=str(work_dir),
         train_dataloader=dict(
-            batch_size=BATCH, num_workers=0, drop_last=True,
+            batch_size=BATCH,
+            num_workers=0,
+            drop_last=True,
             sampler=dict(type="DefaultSampler", shuffle=True),
             collate_fn=dict(type="default_collate"),
-            dataset=dict(type="HVSTinyImages", n=8, pipeline=[
-                dict(type="MultiView", num_views=num_views, transforms=transforms),
-                dict(type="PackSelfSupInputs", meta_keys=["img_path"]),
-            ]),
+            dataset=dict(
+                type="HVSTinyImages",
+                n=8,
+                pipeline=[
+                    dict(type="MultiView", num_views=num_views, transforms=transforms),
+                    dict(type="PackSelfSupInputs", meta_keys=["img_path"]),
+                ],
+            ),
         ),
         optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.05, momentum=0.9)),
         train_cfg=dict(type="EpochBasedTrainLoop", max_epochs=max_epochs),
         default_hooks=dict(
-            runtime_info=dict(type="RuntimeInfoHook"), timer=dict(type="IterTimerHook"),
+            runtime_info=dict(type="RuntimeInfoHook"),
+            timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=1),
             param_scheduler=dict(type="ParamSchedulerHook"),
             checkpoint=dict(type="CheckpointHook", interval=1),
@@ -247,10 +305,13 @@ def test_exact_and_side_effect_free(trained, algo):
         torch.testing.assert_close(losses[p].mean(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo,options", [
-    ("SimSiam", dict(resolution_scale=0.5, interval=2, chunk_size=2)),
-    ("SimCLR", dict(simclr_pair_forward=False, joint_views=True, autocast_dtype="bfloat16")),
-])
+@pytest.mark.parametrize(
+    "algo,options",
+    [
+        ("SimSiam", dict(resolution_scale=0.5, interval=2, chunk_size=2)),
+        ("SimCLR", dict(simclr_pair_forward=False, joint_views=True, autocast_dtype="bfloat16")),
+    ],
+)
 def test_options_run(tmp_path, algo, options):
     runner = Runner.from_cfg(make_cfg(algo, tmp_path, **options))
     runner.train()
@@ -327,11 +388,11 @@ def _to_mmpretrain(cfg, algo):
     text = repr(cfg.model.head.to_dict()).replace("mmcls.CrossEntropyLoss", "CrossEntropyLoss")
     cfg.model.head = eval(text)
     cfg.model.backbone = dict(BACKBONE, out_indices=[3])
-    view = [dict(type="RandomResizedCrop", scale=SIZE, crop_ratio_range=(0.2, 1.0), backend="pillow"),
-            dict(type="RandomFlip", prob=0.5)]
+    view = [dict(type="RandomResizedCrop", scale=SIZE, crop_ratio_range=(0.2, 1.0), backend="pillow"), dict(type="RandomFlip", prob=0.5)]
     if algo in ASYMMETRIC:
-        mv = dict(type="MultiView", num_views=[2, 2],
-                  transforms=[view, view + [dict(type="RandomGrayscale", prob=0.5, keep_channels=True)]])
+        mv = dict(
+            type="MultiView", num_views=[2, 2], transforms=[view, view + [dict(type="RandomGrayscale", prob=0.5, keep_channels=True)]]
+        )
     else:
         mv = dict(type="MultiView", num_views=4, transforms=[view])
     cfg.train_dataloader.dataset.pipeline = [mv, dict(type="PackInputs", meta_keys=["img_path"])]
@@ -475,8 +536,11 @@ def test_swav_multicrop_combination_equals_swav_loss(swav_runs):
     with hook.selector.scoring([model]):  # train mode
         views = hook._preprocess(model, raw)
         ce = swav_multicrop_ce(model, hook.selector, views[:4], views[4:])
-    check(ce, views, [Combinations(torch.tensor([[0, 1]]), torch.tensor([[0, 1]])),
-                      Combinations(torch.tensor([[2, 3]]), torch.tensor([[2, 3]]))])
+    check(
+        ce,
+        views,
+        [Combinations(torch.tensor([[0, 1]]), torch.tensor([[0, 1]])), Combinations(torch.tensor([[2, 3]]), torch.tensor([[2, 3]]))],
+    )
     model.eval()
     with hook.selector.scoring([model]):
         views = hook._preprocess(model, raw)

@@ -1,5 +1,6 @@
 """HardViewSelectionHook(score_layer=...): APPROXIMATE layer scoring with the real MMSelfSup /
 MMPretrain (mmengine Runner, CPU, tiny images; helpers from test_mmselfsup_hook)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from test_mmselfsup_hook import (  # noqa: E402
-    _batch, _hook, _one_thread, _same_state, _state, _to_mmpretrain, hvs_mm, make_cfg,
+    _batch,
+    _hook,
+    _one_thread,
+    _same_state,
+    _state,
+    _to_mmpretrain,
+    hvs_mm,
+    make_cfg,
 )
 
 from hvs_plugins import HardViewSelector, resize_views  # noqa: E402
@@ -24,8 +32,7 @@ LAYER = "backbone.layer1"
 @pytest.fixture(scope="module")
 def simsiam(tmp_path_factory):
     """SimSiam, 2 iterations with layer scoring at half resolution (shared by the tests below)."""
-    runner = Runner.from_cfg(make_cfg("SimSiam", tmp_path_factory.mktemp("layer"), score_layer=LAYER,
-                                      resolution_scale=0.5))
+    runner = Runner.from_cfg(make_cfg("SimSiam", tmp_path_factory.mktemp("layer"), score_layer=LAYER, resolution_scale=0.5))
     runner.train()
     return runner
 
@@ -122,7 +129,6 @@ def test_mmpretrain_byol_neck(tmp_path):
     hook.before_train_iter(runner, 0, batch)
     assert _same_state(before, _state(model)) == []
     views = hook._preprocess(model, raw)
-    ref = select_by_layer(HardViewSelector(4, groups=hook.groups), lambda x: model.neck(model.backbone(x)),
-                          views, model, "neck")
+    ref = select_by_layer(HardViewSelector(4, groups=hook.groups), lambda x: model.neck(model.backbone(x)), views, model, "neck")
     torch.testing.assert_close(hook.last_selection.pair_losses, ref.pair_losses, rtol=0, atol=1e-6)
     assert torch.equal(hook.last_selection.chosen, ref.chosen)

@@ -1,6 +1,7 @@
 """HardViewSelectionHook(reuse_target=True): BYOL / MoCo v3 loss() reuses the selection's momentum
 outputs, with the real MMSelfSup / MMPretrain (mmengine Runner, CPU, tiny images; helpers from
 test_mmselfsup_hook)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,15 @@ pytest.importorskip("mmselfsup", reason="MMSelfSup not installed (pip install 'h
 import torch  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from test_mmselfsup_hook import (  # noqa: E402
-    HVSTinyImages, _batch, _hook, _one_thread, _same_state, _state, _to_mmpretrain, hvs_mm, make_cfg,
+    HVSTinyImages,
+    _batch,
+    _hook,
+    _one_thread,
+    _same_state,
+    _state,
+    _to_mmpretrain,
+    hvs_mm,
+    make_cfg,
 )
 
 from hvs_plugins.adapters.mmselfsup import HardViewSelectionHook  # noqa: E402
@@ -104,12 +113,15 @@ def test_unsupported_algorithm_is_refused(tmp_path):
         Runner.from_cfg(make_cfg("SimSiam", tmp_path, reuse_target=True)).train()
 
 
-@pytest.mark.parametrize("options,message", [
-    (dict(resolution_scale=0.5), "full resolution"),
-    (dict(score_layer="backbone.layer1"), "cannot be combined with score_layer"),
-    (dict(proxy=True), "not with proxy=True"),
-    (dict(autocast_dtype="bfloat16"), "float32"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(resolution_scale=0.5), "full resolution"),
+        (dict(score_layer="backbone.layer1"), "cannot be combined with score_layer"),
+        (dict(proxy=True), "not with proxy=True"),
+        (dict(autocast_dtype="bfloat16"), "float32"),
+    ],
+)
 def test_inexact_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         HardViewSelectionHook(reuse_target=True, **options)
@@ -127,8 +139,11 @@ def test_refusal_uses_the_core_per_sample_scan():
     assert target_reuse.per_sample_violations is hvs_plugins.per_sample.per_sample_violations
     model = torch.nn.Module()
     model.target_net = ExponentialMovingAverage(torch.nn.Sequential(torch.nn.Linear(4, 4), StochasticDepth(0.1, "row")))
-    with pytest.raises(ValueError, match=r"not exact for this BYOL: its momentum network \(target_net\) has 1 "
-                                         r"module\(s\) .*: module\.1 \(StochasticDepth, p=0\.1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"not exact for this BYOL: its momentum network \(target_net\) has 1 "
+        r"module\(s\) .*: module\.1 \(StochasticDepth, p=0\.1\)",
+    ):
         target_reuse.check_reuse_model("BYOL", model)
     model.target_net.eval()  # eval mode: per-sample and deterministic, accepted
     assert target_reuse.check_reuse_model("BYOL", model) is model.target_net

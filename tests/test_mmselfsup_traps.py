@@ -1,5 +1,6 @@
 """Issue 18, the MMSelfSup traps: never a silent wrong result, never a crash where the host would go
 on. Real mmengine Runners on CPU with tiny images (helpers from test_mmselfsup_hook)."""
+
 from __future__ import annotations
 
 import os

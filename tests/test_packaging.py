@@ -8,6 +8,7 @@ project venv's site-packages through a .pth file, so nothing is downloaded. A .p
 path: the project venv's editable-install hooks are not run there, and the checks below assert that
 every imported module is the wheel's.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SKIP = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.egg-info", "build", "dist", "hvs_out",
-                              "outputs", ".pytest_cache", ".hypothesis")
+SKIP = shutil.ignore_patterns(
+    ".git", ".venv*", "__pycache__", "*.egg-info", "build", "dist", "hvs_out", "outputs", ".pytest_cache", ".hypothesis"
+)
 CHECK = """
 import importlib.util, json, sys
 import hvs_plugins, hvs_plugins.adapters, hvs_plugins.adapters.lightly, hvs_plugins.adapters.solo_learn
@@ -68,8 +70,7 @@ def test_wheel_installs_into_a_fresh_venv_without_the_source_tree(tmp_path):
 
     venv.EnvBuilder(with_pip=False).create(fresh)
     py = fresh / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-          str(wheels[0])])
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index", str(wheels[0])])
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}  # this venv's packages
     (site / "_project_deps.pth").write_text("\n".join(sorted(deps)) + "\n")

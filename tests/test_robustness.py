@@ -10,6 +10,7 @@ gives the same selections as an uninterrupted run (the selector's generator is c
 Host sections skip, with the reason shown, where the host is not installed (solo-learn: CI
 installs it; elsewhere `HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test`).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,14 +28,13 @@ HELPERS = Path(__file__).resolve().parent / "_dist_helpers"
 M = 6
 
 needs_lightly = pytest.mark.skipif(not HAS["lightly"], reason="lightly not installed (pip install 'hvs-plugins[lightly]')")
-needs_lightning = pytest.mark.skipif(
-    not (HAS["lightly"] and HAS["pytorch_lightning"]), reason="lightly / pytorch_lightning not installed"
-)
+needs_lightning = pytest.mark.skipif(not (HAS["lightly"] and HAS["pytorch_lightning"]), reason="lightly / pytorch_lightning not installed")
 needs_mmselfsup = pytest.mark.skipif(not HAS["mmselfsup"], reason="MMSelfSup not installed (pip install 'hvs-plugins[mmselfsup]')")
 needs_solo = pytest.mark.skipif(
     not HAS["solo"],
     reason="solo-learn is not installed (no usable registry build); to run these: "
-    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test (or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test "
+    "(or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)",
 )
 
 
@@ -55,8 +55,11 @@ def views_of(n: int = 4, m: int = M, size: int = 16, seed: int = 0, sizes=None) 
 # ===================================================================== core
 def test_core_n_views_below_two():
     for n in (1, 0, -3):
-        with pytest.raises(ValueError, match=r"n_views must be >= 2 \(got .*\): HVS compares pairs of candidate "
-                           r"views; set n_views=4"):
+        with pytest.raises(
+            ValueError,
+            match=r"n_views must be >= 2 \(got .*\): HVS compares pairs of candidate "
+            r"views; set n_views=4",
+        ):
             HardViewSelector(n_views=n)
     with pytest.raises(TypeError, match="n_views must be an int"):
         HardViewSelector(n_views=2.0)
@@ -65,8 +68,11 @@ def test_core_n_views_below_two():
 def test_core_views_count_and_shape_checked():
     sel = HardViewSelector(4)
     fwd = lambda x: x.flatten(1)[:, :8]  # noqa: E731
-    with pytest.raises(ValueError, match=r"expected 4 candidate views per sample, got 3: make the data pipeline "
-                       r"emit n_views=4 views \(or set n_views=3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected 4 candidate views per sample, got 3: make the data pipeline "
+        r"emit n_views=4 views \(or set n_views=3\)",
+    ):
         sel.forward_views(fwd, views_of(3), 4)
     with pytest.raises(ValueError, match="candidate views must all have the same shape"):  # one joint forward
         HardViewSelector(4, joint_views=True).forward_views(fwd, views_of(sizes=[16, 16, 16, 12]), 4)
@@ -91,9 +97,9 @@ def test_core_chunk_larger_than_batch_is_clamped():
 
 
 def test_core_non_finite_never_wins_and_falls_back_with_own_generator():
-    losses = torch.tensor([[1.0, float("nan"), float("nan"), 0.5],
-                           [2.0, float("inf"), float("nan"), float("nan")],
-                           [0.0, 3.0, float("-inf"), float("nan")]])
+    losses = torch.tensor(
+        [[1.0, float("nan"), float("nan"), 0.5], [2.0, float("inf"), float("nan"), float("nan")], [0.0, 3.0, float("-inf"), float("nan")]]
+    )
     pairs = torch.combinations(torch.arange(3), 2)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     a, b = select_hardest(losses, pairs, g1), select_hardest(losses, pairs, g2)
@@ -105,8 +111,11 @@ def test_core_non_finite_never_wins_and_falls_back_with_own_generator():
 def test_core_fallback_warning_names_the_count():
     from hvs_plugins import HVSFallbackWarning, warn_fallbacks
 
-    with pytest.warns(HVSFallbackWarning, match=r"HVS: 2 of 5 samples had no finite pair loss \(NaN/inf in the "
-                      r"model's outputs during selection\); they train on a random candidate pair"):
+    with pytest.warns(
+        HVSFallbackWarning,
+        match=r"HVS: 2 of 5 samples had no finite pair loss \(NaN/inf in the "
+        r"model's outputs during selection\); they train on a random candidate pair",
+    ):
         assert warn_fallbacks(torch.tensor([True, False, True, False, False])) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -121,8 +130,7 @@ class SimSiamNet(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.projection = nn.Linear(8, 16)
         self.prediction = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 16))
         self.poison: dict[int, float] = {}
@@ -166,8 +174,11 @@ def test_lightly_wrong_number_of_views():
     net = SimSiamNet()
     crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
     for n in (2, 3, 5):
-        with pytest.raises(ValueError, match=rf"HVSLoss\(n_views=4\) got {n} views per sample: wrap the transform "
-                           rf"with CandidateViews\(transform, n_views=4\) \(or set n_views={n}\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"HVSLoss\(n_views=4\) got {n} views per sample: wrap the transform "
+            rf"with CandidateViews\(transform, n_views=4\) \(or set n_views={n}\)",
+        ):
             crit.select(views_of(n), net)
     dino = HVSLoss(DINOLoss(output_dim=16))
     with pytest.raises(ValueError, match=r"DINO HVS expects 2 candidates per local crop, got 3 local views"):
@@ -183,8 +194,11 @@ def test_lightly_views_of_different_shapes():
     from hvs_plugins.adapters.lightly import HVSLoss
 
     crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
-    with pytest.raises(ValueError, match=r"candidate views differ in size \(candidate: size 0: 16x16, 1: 16x16, 2: 16x16, "
-                       r"3: 12x12\), and slot 1 of the scored pairs takes candidates of different sizes.*groups='interleaved'"):
+    with pytest.raises(
+        ValueError,
+        match=r"candidate views differ in size \(candidate: size 0: 16x16, 1: 16x16, 2: 16x16, "
+        r"3: 12x12\), and slot 1 of the scored pairs takes candidates of different sizes.*groups='interleaved'",
+    ):
         crit.select(views_of(sizes=[16, 16, 16, 12]), SimSiamNet())
 
 
@@ -194,8 +208,11 @@ def test_lightly_unsupported_loss_names_the_fix():
 
     from hvs_plugins.adapters.lightly import HVSLoss
 
-    with pytest.raises(NotImplementedError, match=r"(?s)HVS has no per-sample loss for BarlowTwinsLoss\. Supported "
-                       r"lightly losses: .*NTXentLoss.*register_pair_loss"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"(?s)HVS has no per-sample loss for BarlowTwinsLoss\. Supported "
+        r"lightly losses: .*NTXentLoss.*register_pair_loss",
+    ):
         HVSLoss(BarlowTwinsLoss())
     with pytest.raises(TypeError, match="HVSLoss wraps a lightly loss module"):
         HVSLoss(lambda a, b: a)
@@ -291,8 +308,9 @@ def test_lightly_checkpoint_without_hvs_and_vice_versa(loss):
     for k, v in plain.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     # the wrapper itself still loads its own (older, prefixed) layout
-    prefixed = {("criterion.criterion." + k[len("criterion."):] if k.startswith("criterion.") else k): v
-                for k, v in plain.state_dict().items()}
+    prefixed = {
+        ("criterion.criterion." + k[len("criterion.") :] if k.startswith("criterion.") else k): v for k, v in plain.state_dict().items()
+    }
     HVSLoss_holder = _Holder(HVSLoss(make()))
     HVSLoss_holder.load_state_dict(prefixed)
 
@@ -309,8 +327,9 @@ def _lightly_resume_module(ckpt_selector: bool, hvs: bool = True):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16))
+            self.net = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16)
+            )
 
         def forward(self, x):
             return self.net(x)
@@ -328,13 +347,11 @@ def _lightly_resume_module(ckpt_selector: bool, hvs: bool = True):
             views, _ = batch
             if not hvs:
                 crops = views[:2] + views[4::2]
-                return self.criterion([self.teacher(c) for c in crops[:2]], [self.student(c) for c in crops],
-                                      epoch=self.current_epoch)
+                return self.criterion([self.teacher(c) for c in crops[:2]], [self.student(c) for c in crops], epoch=self.current_epoch)
             crops = self.criterion.select(views, self.student, self.teacher, epoch=self.current_epoch)
             ch = self.criterion.last_selection
             self.picks.append((self.global_step, ch.globals_.clone(), ch.locals_.clone()))
-            return self.criterion([self.teacher(c) for c in crops[:2]], [self.student(c) for c in crops],
-                                  epoch=self.current_epoch)
+            return self.criterion([self.teacher(c) for c in crops[:2]], [self.student(c) for c in crops], epoch=self.current_epoch)
 
         def on_train_batch_end(self, outputs, batch, batch_idx):
             with torch.no_grad():
@@ -360,17 +377,24 @@ def _lightly_loader():
     data = []
     for i in range(8):
         g = torch.Generator().manual_seed(i)
-        data.append(([torch.randn(3, 16, 16, generator=g) for _ in range(4)]
-                     + [torch.randn(3, 8, 8, generator=g) for _ in range(4)], i))
+        data.append(([torch.randn(3, 16, 16, generator=g) for _ in range(4)] + [torch.randn(3, 8, 8, generator=g) for _ in range(4)], i))
     return torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)
 
 
 def _trainer(max_epochs):
     import pytorch_lightning as pl
 
-    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      deterministic=True)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
 
 
 @needs_lightning
@@ -417,8 +441,7 @@ def test_lightly_interrupt_and_resume_gives_the_same_selections(tmp_path):
     t.save_checkpoint(tmp_path / "nc.ckpt")
     resumed_nc = _lightly_resume_module(False)
     _trainer(3).fit(resumed_nc, _lightly_loader(), ckpt_path=tmp_path / "nc.ckpt")
-    assert any(not (torch.equal(g, g2) and torch.equal(l, l2))
-               for (_, g, l), (_, g2, l2) in zip(full.picks[2:], resumed_nc.picks))
+    assert any(not (torch.equal(g, g2) and torch.equal(l, l2)) for (_, g, l), (_, g2, l2) in zip(full.picks[2:], resumed_nc.picks))
 
 
 # ===================================================================== MMSelfSup
@@ -480,16 +503,22 @@ def test_mmselfsup_n_views_below_two():
 @needs_mmselfsup
 def test_mmselfsup_pipeline_with_other_view_count(tmp_path):
     runner, _ = _mm_runner(tmp_path, n_views=4, num_views=2)
-    with pytest.raises(ValueError, match=r"HardViewSelectionHook\(n_views=4\) needs 4 candidate views per image, but "
-                       r"the train pipeline's MultiView makes num_views=\[2\] \(= 2\)\. Set num_views=4 in MultiView"):
+    with pytest.raises(
+        ValueError,
+        match=r"HardViewSelectionHook\(n_views=4\) needs 4 candidate views per image, but "
+        r"the train pipeline's MultiView makes num_views=\[2\] \(= 2\)\. Set num_views=4 in MultiView",
+    ):
         runner.train()
     # a batch that disagrees (e.g. a pipeline changed behind the hook's back)
     runner2, _ = _mm_runner(tmp_path, "run2")
     hook = _mm_hook(runner2)
     hook.before_train(runner2)
     batch = {"inputs": [torch.zeros(4, 3, 16, 16, dtype=torch.uint8)] * 3, "data_samples": None}
-    with pytest.raises(ValueError, match=r"HardViewSelectionHook\(n_views=4\) got 3 views in the batch: the train "
-                       r"pipeline must emit 4 views \(MultiView num_views\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"HardViewSelectionHook\(n_views=4\) got 3 views in the batch: the train "
+        r"pipeline must emit 4 views \(MultiView num_views\)",
+    ):
         hook.before_train_iter(runner2, 0, batch)
 
 
@@ -511,13 +540,19 @@ def test_mmselfsup_unsupported_algorithm(tmp_path):
     class Mine(nn.Module):
         pass
 
-    with pytest.raises(NotImplementedError, match=r"HardViewSelectionHook does not support the algorithm Mine: "
-                       r"supported are SimSiam, SimCLR, BYOL, MoCo, MoCoV3"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"HardViewSelectionHook does not support the algorithm Mine: "
+        r"supported are SimSiam, SimCLR, BYOL, MoCo, MoCoV3",
+    ):
         check_supported(Mine())
     bt = BarlowTwins.__new__(BarlowTwins)  # a real MMSelfSup algorithm without a per-sample loss (proxy only)
     nn.Module.__init__(bt)
-    with pytest.raises(NotImplementedError, match=r"BarlowTwins has no per-sample loss .* set "
-                       r"dict\(type='HardViewSelectionHook', proxy=True\) .* or remove the hook"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"BarlowTwins has no per-sample loss .* set "
+        r"dict\(type='HardViewSelectionHook', proxy=True\) .* or remove the hook",
+    ):
         check_supported(bt)
     assert check_supported(bt, proxy=True) == "BarlowTwins"
 
@@ -593,18 +628,24 @@ def test_mmselfsup_interrupt_and_resume_gives_the_same_selections(tmp_path, monk
             assert torch.equal(x, y), "the candidates differ: the test's data is not deterministic"
         assert bool(a["fallback"][1]) and torch.equal(a["fallback"], b["fallback"])
         assert torch.equal(a["index"], b["index"]), f"iteration {a['iter']} selected differently after resuming"
-    assert torch.equal(torch.as_tensor(saved["generator"]),
-                       torch.as_tensor(_mm_hook(first).selector.state_dict()["generator"]))
+    assert torch.equal(torch.as_tensor(saved["generator"]), torch.as_tensor(_mm_hook(first).selector.state_dict()["generator"]))
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
 # ===================================================================== solo-learn
 def _solo_aug(size: int, n: int) -> dict:
-    return {"rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-            "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
-            "grayscale": {"prob": 0.0}, "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
-            "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5}, "crop_size": size, "num_crops": n}
+    return {
+        "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+        "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+        "grayscale": {"prob": 0.0},
+        "gaussian_blur": {"prob": 0.0},
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "crop_size": size,
+        "num_crops": n,
+    }
 
 
 SOLO_KWARGS = {
@@ -624,15 +665,24 @@ def _solo_cfg(method: str, hvs: dict | None = None, small: int = 0):
     if small:
         augs.append(_solo_aug(8, small))
     cfg = {
-        "name": "robust", "method": method, "backbone": {"name": "resnet18"},
+        "name": "robust",
+        "method": method,
+        "backbone": {"name": "resnet18"},
         # a constant tau: solo-learn does not checkpoint its momentum updater's current tau (the first
         # EMA step after resuming would use base_tau), which would blur the resume comparison
-        "method_kwargs": dict(SOLO_KWARGS[method]), "momentum": {"base_tau": 0.99, "final_tau": 0.99},
+        "method_kwargs": dict(SOLO_KWARGS[method]),
+        "momentum": {"base_tau": 0.99, "final_tau": 0.99},
         "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
         "augmentations": augs,
         "optimizer": {"name": "sgd", "batch_size": 4, "lr": 0.05, "classifier_lr": 0.05, "weight_decay": 1e-5},
-        "scheduler": {"name": "none"}, "checkpoint": {"enabled": False}, "auto_resume": {"enabled": False},
-        "max_epochs": 3, "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32,
+        "scheduler": {"name": "none"},
+        "checkpoint": {"enabled": False},
+        "auto_resume": {"enabled": False},
+        "max_epochs": 3,
+        "devices": "1",
+        "accelerator": "cpu",
+        "strategy": "auto",
+        "precision": 32,
     }
     if hvs is not None:
         cfg["hvs"] = hvs
@@ -656,8 +706,11 @@ def _solo_model(method: str = "simsiam", hvs: dict | None = None, small: int = 0
 
 
 def _solo_batch(n_large: int = 4, n_small: int = 0, m: int = 4, seed: int = 0, sizes=None):
-    return [torch.arange(m), views_of(n_large, m=m, seed=seed, sizes=sizes) + views_of(n_small, m=m, size=8, seed=seed + 1),
-            torch.arange(m) % 10]
+    return [
+        torch.arange(m),
+        views_of(n_large, m=m, seed=seed, sizes=sizes) + views_of(n_small, m=m, size=8, seed=seed + 1),
+        torch.arange(m) % 10,
+    ]
 
 
 @needs_solo
@@ -665,8 +718,11 @@ def test_solo_n_views_below_two():
     from hvs_plugins.adapters.solo_learn import parse_hvs_config
 
     for n in (1, 0):
-        with pytest.raises(ValueError, match=rf"hvs\.n_views must be an int >= 2, got {n}: HVS compares pairs of "
-                           r"candidate views"):
+        with pytest.raises(
+            ValueError,
+            match=rf"hvs\.n_views must be an int >= 2, got {n}: HVS compares pairs of "
+            r"candidate views",
+        ):
             parse_hvs_config({"n_views": n})
 
 
@@ -674,9 +730,12 @@ def test_solo_n_views_below_two():
 def test_solo_pipeline_with_other_view_count():
     model = _solo_model()
     for n in (2, 3, 5):
-        with pytest.raises(ValueError, match=rf"HVS expected 4 crops per batch \(4 large candidates \+ 0 small\), got "
-                           rf"{n}: the data pipeline does not produce the candidates; run through "
-                           r"hvs_plugins\.adapters\.solo_learn\.launch"):
+        with pytest.raises(
+            ValueError,
+            match=rf"HVS expected 4 crops per batch \(4 large candidates \+ 0 small\), got "
+            rf"{n}: the data pipeline does not produce the candidates; run through "
+            r"hvs_plugins\.adapters\.solo_learn\.launch",
+        ):
             model.training_step(_solo_batch(n), 0)
 
 
@@ -691,11 +750,17 @@ def test_solo_views_of_different_shapes():
 def test_solo_unsupported_method_or_proxy_without_flag():
     from hvs_plugins.adapters.solo_learn import check_method, parse_hvs_config
 
-    with pytest.raises(ValueError, match=r"HVS does not support solo-learn method 'all4one': its loss adds a "
-                       r"feature-decorrelation term .*Remove the hvs block to train it without HVS"):
+    with pytest.raises(
+        ValueError,
+        match=r"HVS does not support solo-learn method 'all4one': its loss adds a "
+        r"feature-decorrelation term .*Remove the hvs block to train it without HVS",
+    ):
         check_method("all4one", parse_hvs_config({"n_views": 4}))
-    with pytest.raises(ValueError, match=r"HVS does not support solo-learn method 'mine'; supported: .*Remove the hvs "
-                       r"block to train it without HVS"):
+    with pytest.raises(
+        ValueError,
+        match=r"HVS does not support solo-learn method 'mine'; supported: .*Remove the hvs "
+        r"block to train it without HVS",
+    ):
         check_method("mine", parse_hvs_config({"n_views": 4}))
 
     with pytest.raises(ValueError, match=r"method 'vicreg' has no per-sample loss .* set `hvs\.proxy: true`"):
@@ -763,8 +828,7 @@ class _SoloData(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return i, [torch.randn(3, 16, 16, generator=g) for _ in range(4)] + \
-            [torch.randn(3, 8, 8, generator=g) for _ in range(4)], i % 10
+        return i, [torch.randn(3, 16, 16, generator=g) for _ in range(4)] + [torch.randn(3, 8, 8, generator=g) for _ in range(4)], i % 10
 
 
 class _SoloPicks:
@@ -795,9 +859,17 @@ def _solo_fit(max_epochs, ckpt_in=None, ckpt_out=None, stop_after=None):
 
     model = _solo_model("dino", hvs={"n_views": 4, "cap": 4, "seed": 5, "log_stats": False}, small=2)
     picks = _SoloPicks(stop_after)
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=[picks])
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[picks],
+    )
     loader = torch.utils.data.DataLoader(_SoloData(), batch_size=4, shuffle=False)
     trainer.fit(model, loader, ckpt_path=ckpt_in)
     if ckpt_out:
@@ -828,8 +900,10 @@ def test_solo_interrupt_and_resume_gives_the_same_selections(tmp_path):
 # ===================================================================== bad input (issue 13 item 5)
 EMPTY = r"HVS got an empty batch \(0 samples in a candidate view\).*drop_last=True"
 NOT_TENSOR = r"candidate view 0 is a str, not a torch\.Tensor: HVS needs the N candidate views as tensors"
-ONE_SAMPLE_FALLBACK = (r"HVS could not score a batch \(a batch of 1 sample, and BatchNorm in train mode \(.*\) cannot "
-                       r"normalise a single sample\); it trains on a plain random pair instead.*drop_last=True")
+ONE_SAMPLE_FALLBACK = (
+    r"HVS could not score a batch \(a batch of 1 sample, and BatchNorm in train mode \(.*\) cannot "
+    r"normalise a single sample\); it trains on a plain random pair instead.*drop_last=True"
+)
 
 
 def test_core_bad_input_names_cause_and_fix():

@@ -10,6 +10,7 @@ real solo-learn 1.0.6 (skipped with the command that runs them where it is not i
   the epochs, ``hvs_gen/*`` is logged, and a run resumed from a checkpoint equals an uninterrupted one;
 - one tiny epoch of main_pretrain.py with the ready config ``configs/solo_learn/cifar_simclr_generator.yaml``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SOLO_HOWTO = ("solo-learn is not installed (no usable registry build); to run these: "
-              "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test")
+SOLO_HOWTO = (
+    "solo-learn is not installed (no usable registry build); to run these: "
+    "HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test"
+)
 needs_solo = pytest.mark.skipif(importlib.util.find_spec("solo") is None, reason=SOLO_HOWTO)
 M, SIZE = 8, 16
 TINY = {"width": 8, "n_blocks": 1}  # a small generator network: fast tests
@@ -119,8 +122,10 @@ def test_a_method_without_a_pair_of_views_is_refused():
     def parse(cfg):  # stands in for solo-learn's parse_cfg: never reached
         raise AssertionError("validation must come first")
 
-    for hvs, message in (({"enabled": False, "generator": {}}, r"hvs.generator does not support solo-learn method 'mae'"),
-                         ({"generator": {}}, r"HVS does not support solo-learn method 'mae'")):
+    for hvs, message in (
+        ({"enabled": False, "generator": {}}, r"hvs.generator does not support solo-learn method 'mae'"),
+        ({"generator": {}}, r"HVS does not support solo-learn method 'mae'"),
+    ):
         cfg = OmegaConf.create({"method": "mae", "hvs": hvs, "data": {}, "augmentations": [{"crop_size": 32, "num_crops": 1}]})
         with pytest.raises(ValueError, match=message):
             hvs_parse_cfg(parse)(cfg)
@@ -137,8 +142,7 @@ def test_normalisation_is_solo_learns_and_gap_needs_an_exact_scorer():
 
     aug = OmegaConf.create(_aug(32, 2))
     custom = OmegaConf.create({**_aug(32, 2), "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]})
-    for dataset, a in (("cifar10", aug), ("cifar100", aug), ("stl10", aug), ("imagenet", aug), ("custom", aug),
-                       ("custom", custom)):
+    for dataset, a in (("cifar10", aug), ("cifar100", aug), ("stl10", aug), ("imagenet", aug), ("custom", aug), ("custom", custom)):
         norm = build_transform_pipeline(dataset, a).transforms[-1]  # solo-learn's own Normalize
         theirs = [float(v) for v in (*norm.mean, *norm.std)]
         assert [*pipeline_normalisation(dataset, a)[0], *pipeline_normalisation(dataset, a)[1]] == pytest.approx(theirs)
@@ -322,8 +326,17 @@ def _trainer(tmp_path, max_epochs: int, **kw):
     from lightning.pytorch import Trainer
 
     kw.setdefault("logger", False)
-    return Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, log_every_n_steps=1, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+    return Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 GEN_HVS = {"n_views": 4, "generator": {**TINY, "eps_start": 0.02, "eps_end": 0.06, "ramp_epochs": 2, "gap_interval": 2}}
@@ -411,14 +424,29 @@ def test_ready_generator_config_runs_one_epoch_of_main_pretrain(tmp_path, select
     tree = _solo_tree()
     _image_folder(tmp_path / "train")
     overrides = [
-        "data.dataset=custom", f"data.train_path={tmp_path / 'train'}", "data.val_path=null", "data.num_workers=0",
-        "accelerator=cpu", "devices='1'", "strategy=auto", "precision=32", "sync_batchnorm=False", "max_epochs=1",
-        "+limit_train_batches=1", "optimizer.batch_size=4", f"checkpoint.dir={tmp_path / 'ckpt'}",
-        "method_kwargs.proj_hidden_dim=64", "+enable_progress_bar=False", f"hydra.run.dir={tmp_path}",
-        "wandb.enabled=False", "hvs.generator.width=8", f"hvs.enabled={str(selection).lower()}",
+        "data.dataset=custom",
+        f"data.train_path={tmp_path / 'train'}",
+        "data.val_path=null",
+        "data.num_workers=0",
+        "accelerator=cpu",
+        "devices='1'",
+        "strategy=auto",
+        "precision=32",
+        "sync_batchnorm=False",
+        "max_epochs=1",
+        "+limit_train_batches=1",
+        "optimizer.batch_size=4",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        "method_kwargs.proj_hidden_dim=64",
+        "+enable_progress_bar=False",
+        f"hydra.run.dir={tmp_path}",
+        "wandb.enabled=False",
+        "hvs.generator.width=8",
+        f"hvs.enabled={str(selection).lower()}",
     ]
-    out = _run_main_pretrain(tmp_path, tree, config_dir=REPO / "configs" / "solo_learn",
-                             config_name="cifar_simclr_generator", overrides=tuple(overrides))
+    out = _run_main_pretrain(
+        tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name="cifar_simclr_generator", overrides=tuple(overrides)
+    )
     where = "after the selection" if selection else "without selection"
     assert f"[hvs] learned hard-view generator on for simclr ({where}" in out, out[-4000:]
     assert ("[hvs] Hard View Selection on for" in out) is selection

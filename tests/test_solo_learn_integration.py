@@ -7,6 +7,7 @@ repository). Skipped, with the command that runs them, where solo-learn is not i
 - a real training_step with HVS trains on the selected pair;
 - one short epoch of solo-learn's main_pretrain.py through the launcher on a tiny image folder (CPU).
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,10 @@ from typing import Optional
 import pytest
 import torch
 
-SOLO_HOWTO = ("to run them: HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test "
-              "(or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)")
+SOLO_HOWTO = (
+    "to run them: HVS_SOLO_LEARN_SRC=git+https://github.com/vturrisi/solo-learn@9187ea3 ./scripts/test "
+    "(or HVS_SOLO_LEARN_SRC=<a solo-learn folder or .tar.gz>)"
+)
 solo = pytest.importorskip("solo", reason=f"solo-learn is not installed (no usable registry build); {SOLO_HOWTO}")
 from omegaconf import OmegaConf  # noqa: E402
 from solo.args.pretrain import parse_cfg  # noqa: E402
@@ -67,8 +70,7 @@ def _aug(crop_size: int, num_crops: int, solarization: float = 0.0) -> dict:
     }
 
 
-def base_cfg(method: str, hvs: dict | None = None, small: int = 0, asymmetric: bool | None = None,
-             size: int = SIZE) -> dict:
+def base_cfg(method: str, hvs: dict | None = None, small: int = 0, asymmetric: bool | None = None, size: int = SIZE) -> dict:
     asymmetric = method in ASYMMETRIC if asymmetric is None else asymmetric
     augs = [_aug(size, 1), _aug(size, 1, 0.2)] if asymmetric else [_aug(size, 2)]
     if small:
@@ -295,8 +297,10 @@ def _solo_tree() -> Path:
         return Path(root)
     tree = Path(sys.prefix) / "solo-learn-src"
     if not (tree / "main_pretrain.py").is_file():
-        pytest.skip(f"main_pretrain.py not found (HVS_SOLO_LEARN_ROOT unset, no {tree}); {SOLO_HOWTO}, "
-                    "or set HVS_SOLO_LEARN_ROOT to a solo-learn checkout")
+        pytest.skip(
+            f"main_pretrain.py not found (HVS_SOLO_LEARN_ROOT unset, no {tree}); {SOLO_HOWTO}, "
+            "or set HVS_SOLO_LEARN_ROOT to a solo-learn checkout"
+        )
     return tree
 
 
@@ -312,9 +316,18 @@ def _image_folder(root: Path, n_classes: int = 2, per_class: int = 8, size: int 
             Image.fromarray(arr).save(d / f"{i}.png")
 
 
-def _run_main_pretrain(tmp_path: Path, tree: Path, cfg: Optional[dict] = None, *, launcher: bool = True,
-                       config_dir: Optional[Path] = None, config_name: str = "run", overrides: tuple = (),
-                       prefix: Optional[list] = None, script: str = "main_pretrain.py") -> str:
+def _run_main_pretrain(
+    tmp_path: Path,
+    tree: Path,
+    cfg: Optional[dict] = None,
+    *,
+    launcher: bool = True,
+    config_dir: Optional[Path] = None,
+    config_name: str = "run",
+    overrides: tuple = (),
+    prefix: Optional[list] = None,
+    script: str = "main_pretrain.py",
+) -> str:
     """Run solo-learn's main_pretrain.py (through our launcher unless ``launcher=False``; ``prefix``:
     other arguments before the script, e.g. a driver) on ``cfg`` (written to tmp_path/conf/run.yaml)
     or on ``config_dir/config_name``; asserts exit 0, returns the output. ``script``: another of
@@ -328,9 +341,12 @@ def _run_main_pretrain(tmp_path: Path, tree: Path, cfg: Optional[dict] = None, *
     if prefix is None:
         prefix = ["-m", "hvs_plugins.adapters.solo_learn.launch"] if launcher else []
     proc = subprocess.run(
-        [sys.executable, *prefix, str(tree / script), "--config-path", str(config_dir),
-         "--config-name", config_name, *overrides],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, *prefix, str(tree / script), "--config-path", str(config_dir), "--config-name", config_name, *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -344,12 +360,17 @@ def test_main_pretrain_one_epoch_through_launcher(tmp_path, config):
     _image_folder(tmp_path / "train")
     method = "dino" if config.startswith("dino") else config
     cfg = base_cfg(method, {"n_views": 4, "cap": 8}, small=(2 if config == "dino_multicrop" else 0), size=32)
-    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
-                   "format": "image_folder", "num_workers": 0}
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None, "format": "image_folder", "num_workers": 0}
     cfg["optimizer"]["batch_size"] = 4
-    cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
-                "checkpoint": {"enabled": True, "dir": str(tmp_path / "ckpt"), "frequency": 1},
-                "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
+    cfg.update(
+        {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "enable_progress_bar": False,
+            "checkpoint": {"enabled": True, "dir": str(tmp_path / "ckpt"), "frequency": 1},
+            "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}},
+        }
+    )
     out = _run_main_pretrain(tmp_path, tree, cfg)
     assert "[hvs] Hard View Selection on for" in out
     expected = "HVSDINO" if method == "dino" else "HVSSimSiam"
@@ -367,12 +388,20 @@ def test_main_pretrain_with_hydra_callback(tmp_path):
     tree = _solo_tree()
     _image_folder(tmp_path / "train")
     cfg = base_cfg("simclr", {"n_views": 4}, size=32)
-    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
-                   "format": "image_folder", "num_workers": 0}
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None, "format": "image_folder", "num_workers": 0}
     cfg["optimizer"]["batch_size"] = 4
-    cfg.update({"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False,
-                "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)},
-                          "callbacks": {"hvs": {"_target_": "hvs_plugins.adapters.solo_learn.HVSHydraCallback"}}}})
+    cfg.update(
+        {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "enable_progress_bar": False,
+            "hydra": {
+                "output_subdir": None,
+                "run": {"dir": str(tmp_path)},
+                "callbacks": {"hvs": {"_target_": "hvs_plugins.adapters.solo_learn.HVSHydraCallback"}},
+            },
+        }
+    )
     out = _run_main_pretrain(tmp_path, tree, cfg, launcher=False)
     assert "[hvs] first selection by HVSSimCLR" in out, out[-4000:]
 
@@ -403,11 +432,24 @@ def _ready_overrides(tmp_path: Path, ckpt_dir: Path, name: str, max_epochs: int 
     """The shipped configs shrunk for CPU by command-line overrides only (1 step an epoch); their
     own checkpoint / auto_resume settings stay on."""
     overrides = [
-        "data.dataset=custom", f"data.train_path={tmp_path / 'train'}", "data.val_path=null",
-        "data.num_workers=0", "accelerator=cpu", "devices='1'", "strategy=auto", "precision=32",
-        "sync_batchnorm=False", f"max_epochs={max_epochs}", "+limit_train_batches=1", "optimizer.batch_size=4",
-        f"checkpoint.dir={ckpt_dir}", "method_kwargs.proj_hidden_dim=64", "+enable_progress_bar=False",
-        f"hydra.run.dir={tmp_path}", "hvs.cap=16", "wandb.enabled=False",  # solo-learn's usual wandb override
+        "data.dataset=custom",
+        f"data.train_path={tmp_path / 'train'}",
+        "data.val_path=null",
+        "data.num_workers=0",
+        "accelerator=cpu",
+        "devices='1'",
+        "strategy=auto",
+        "precision=32",
+        "sync_batchnorm=False",
+        f"max_epochs={max_epochs}",
+        "+limit_train_batches=1",
+        "optimizer.batch_size=4",
+        f"checkpoint.dir={ckpt_dir}",
+        "method_kwargs.proj_hidden_dim=64",
+        "+enable_progress_bar=False",
+        f"hydra.run.dir={tmp_path}",
+        "hvs.cap=16",
+        "wandb.enabled=False",  # solo-learn's usual wandb override
     ]
     if name == "cifar_dino_hvs":
         overrides.append("method_kwargs.num_prototypes=64")
@@ -439,9 +481,11 @@ def test_ready_configs_run_and_resume_through_the_launcher(tmp_path_factory, nam
     (tmp_path / "preempted.py").write_text(_PREEMPTED)
     run = dict(config_dir=config_dir, config_name=name, overrides=tuple(_ready_overrides(tmp_path, ckpt_dir, name)))
     out = _run_main_pretrain(tmp_path, tree, prefix=[str(tmp_path / "preempted.py")], **run)
-    expected = {"cifar_simsiam_hvs": "HVSSimSiam: 4 large candidates + 0 small",
-                "cifar_simclr_hvs": "HVSSimCLR: 4 large candidates + 0 small",
-                "cifar_dino_hvs": "HVSDINO: 4 large candidates + 16 small -> 10 crops"}[name]
+    expected = {
+        "cifar_simsiam_hvs": "HVSSimSiam: 4 large candidates + 0 small",
+        "cifar_simclr_hvs": "HVSSimCLR: 4 large candidates + 0 small",
+        "cifar_dino_hvs": "HVSDINO: 4 large candidates + 16 small -> 10 crops",
+    }[name]
     assert f"[hvs] first selection by {expected}" in out, out[-4000:]
     first, state = _checkpoint(ckpt_dir, 0)
     assert state["global_step"] == 1 and not list(ckpt_dir.rglob("*-ep=1.ckpt"))  # stopped after epoch 1
@@ -455,8 +499,9 @@ def test_ready_configs_run_and_resume_through_the_launcher(tmp_path_factory, nam
     _PRETRAINED[name] = last
     if name == "cifar_simsiam_hvs":  # the scheduler partial's config: learning rates as without the break
         plain_dir = tmp_path / "uninterrupted"
-        _run_main_pretrain(tmp_path, tree, config_dir=config_dir, config_name=name,
-                           overrides=tuple(_ready_overrides(tmp_path, plain_dir, name)))
+        _run_main_pretrain(
+            tmp_path, tree, config_dir=config_dir, config_name=name, overrides=tuple(_ready_overrides(tmp_path, plain_dir, name))
+        )
         _, plain = _checkpoint(plain_dir, 1)
         assert _lrs(resumed) == _lrs(plain)
         assert plain["lr_schedulers"][0]["_last_lr"] != state["lr_schedulers"][0]["_last_lr"]  # warmup moved on
@@ -470,28 +515,42 @@ def test_main_linear_loads_an_hvs_checkpoint(tmp_path):
     ckpt = _PRETRAINED.get("cifar_simsiam_hvs")
     if ckpt is None or not ckpt.is_file():  # run alone: pretrain 1 tiny epoch with HVS first
         _image_folder(tmp_path / "train")
-        _run_main_pretrain(tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name="cifar_simsiam_hvs",
-                           overrides=tuple(_ready_overrides(tmp_path, tmp_path / "ckpt", "cifar_simsiam_hvs", 1)))
+        _run_main_pretrain(
+            tmp_path,
+            tree,
+            config_dir=REPO / "configs" / "solo_learn",
+            config_name="cifar_simsiam_hvs",
+            overrides=tuple(_ready_overrides(tmp_path, tmp_path / "ckpt", "cifar_simsiam_hvs", 1)),
+        )
         ckpt, _ = _checkpoint(tmp_path / "ckpt", 0)
     _image_folder(tmp_path / "linear_data", n_classes=5, per_class=2, size=16)
     data = str(tmp_path / "linear_data")
     cfg = {
-        "name": "hvs-linear", "pretrained_feature_extractor": str(ckpt), "backbone": {"name": "resnet18"},
+        "name": "hvs-linear",
+        "pretrained_feature_extractor": str(ckpt),
+        "backbone": {"name": "resnet18"},
         "pretrain_method": "simsiam",
         "data": {"dataset": "custom", "train_path": data, "val_path": data, "format": "image_folder", "num_workers": 0},
         "optimizer": {"name": "sgd", "batch_size": 5, "lr": 0.1, "weight_decay": 0.0},
-        "scheduler": {"name": "none"}, "auto_resume": {"enabled": False},
+        "scheduler": {"name": "none"},
+        "auto_resume": {"enabled": False},
         "checkpoint": {"enabled": True, "dir": str(tmp_path / "linear"), "frequency": 1},
-        "max_epochs": 1, "limit_train_batches": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0,
-        "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32, "enable_progress_bar": False,
+        "max_epochs": 1,
+        "limit_train_batches": 1,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "devices": "1",
+        "accelerator": "cpu",
+        "strategy": "auto",
+        "precision": 32,
+        "enable_progress_bar": False,
         "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}},
     }
     out = _run_main_pretrain(tmp_path, tree, cfg, launcher=False, config_name="linear", script="main_linear.py")
     assert "`Trainer.fit` stopped: `max_epochs=1` reached" in out, out[-4000:]
     _, linear = _checkpoint(tmp_path / "linear", 0)
     pretrained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    weights = [k for k, v in pretrained.items() if k.startswith("backbone.") and v.is_floating_point()
-               and "running_" not in k]
+    weights = [k for k, v in pretrained.items() if k.startswith("backbone.") and v.is_floating_point() and "running_" not in k]
     assert weights and all(torch.equal(linear["state_dict"][k], pretrained[k]) for k in weights)  # frozen, loaded
 
 
@@ -503,16 +562,23 @@ def test_launcher_two_process_cpu_ddp(tmp_path, method):
     tree = _solo_tree()
     _image_folder(tmp_path / "train")
     cfg = base_cfg(method, {"n_views": 4}, size=32)
-    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None,
-                   "format": "image_folder", "num_workers": 0}
+    cfg["data"] = {"dataset": "custom", "train_path": str(tmp_path / "train"), "val_path": None, "format": "image_folder", "num_workers": 0}
     cfg["optimizer"]["batch_size"] = 4
-    cfg.update({"max_epochs": 1, "limit_train_batches": 1, "enable_progress_bar": False,
-                "devices": "2", "strategy": "ddp", "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}}})
+    cfg.update(
+        {
+            "max_epochs": 1,
+            "limit_train_batches": 1,
+            "enable_progress_bar": False,
+            "devices": "2",
+            "strategy": "ddp",
+            "hydra": {"output_subdir": None, "run": {"dir": str(tmp_path)}},
+        }
+    )
     out = _run_main_pretrain(tmp_path, tree, cfg)
     assert out.count("[hvs] first selection by") == 2, out[-4000:]  # both ranks select
 
 
-_DDP_WORKER = '''
+_DDP_WORKER = """
 import os, sys, torch, torch.distributed as dist
 from solo.losses.simclr import simclr_loss_func
 from solo.losses.mocov3 import mocov3_loss_func
@@ -547,7 +613,7 @@ def run(rank, world, init):
 if __name__ == "__main__":
     import torch.multiprocessing as mp
     mp.spawn(run, args=(2, "file://" + sys.argv[1]), nprocs=2)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -557,8 +623,9 @@ def test_gathered_scores_equal_solo_losses_under_two_process_ddp(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(_DDP_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "init")], env=env,
-                          capture_output=True, text=True, timeout=600)  # as the launcher runs: loaded CI machines
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "init")], env=env, capture_output=True, text=True, timeout=600
+    )  # as the launcher runs: loaded CI machines
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "rank 0 worst" in out and "rank 1 worst" in out

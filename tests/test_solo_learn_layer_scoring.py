@@ -1,6 +1,7 @@
 """solo-learn ``hvs.score_layer`` (APPROXIMATE layer scoring) on a stand-in method class: the
 selection equals a brute-force cosine-distance argmax on that module's activations, state stays
 bitwise unchanged, and bad settings are clear errors at construction."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,7 @@ def _cfg(method="simsiam", augs=((12, 2),), small=False, **hvs):
     for a, n in zip(augs, expanded_num_crops(augs, 4, small)):
         a["num_crops"] = n
     lay = candidate_layout(augs, 4, small)
-    return Cfg(method=method, hvs=Cfg(n_views=4, **hvs), augmentations=augs,
-               data=Cfg(num_large_crops=2, num_small_crops=lay.n_small))
+    return Cfg(method=method, hvs=Cfg(n_views=4, **hvs), augmentations=augs, data=Cfg(num_large_crops=2, num_small_crops=lay.n_small))
 
 
 class StandIn(nn.Module):

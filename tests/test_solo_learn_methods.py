@@ -11,6 +11,7 @@ W-MSE proxy; All4One, MAE refused) against the real solo-learn classes (built th
 
 Skipped, with the reason shown, where solo-learn is not importable.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,7 @@ KWARGS = {
     "ressl": dict(proj_hidden_dim=64, proj_output_dim=32, temperature_q=0.1, temperature_k=0.04, queue_size=64),
     "supcon": dict(proj_hidden_dim=64, proj_output_dim=32, temperature=0.2),
     "deepclusterv2": dict(proj_hidden_dim=64, proj_output_dim=32, num_prototypes=[20, 20], temperature=0.1),
-    "swav": dict(proj_hidden_dim=64, proj_output_dim=32, num_prototypes=40, temperature=0.1, queue_size=16,
-                 epoch_queue_starts=0),
+    "swav": dict(proj_hidden_dim=64, proj_output_dim=32, num_prototypes=40, temperature=0.1, queue_size=16, epoch_queue_starts=0),
     "vibcreg": dict(proj_hidden_dim=64, proj_output_dim=32, iternorm=True),
     "wmse": dict(proj_hidden_dim=64, proj_output_dim=4, whitening_size=8),
 }
@@ -51,26 +51,41 @@ ASYMMETRIC = {"nnbyol", "ressl"}  # as in solo-learn's cifar scripts (two pipeli
 
 
 def _aug(size: int, n: int) -> dict:
-    return {"rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-            "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
-            "grayscale": {"prob": 0.0}, "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
-            "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5}, "crop_size": size, "num_crops": n}
+    return {
+        "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+        "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+        "grayscale": {"prob": 0.0},
+        "gaussian_blur": {"prob": 0.0},
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "crop_size": size,
+        "num_crops": n,
+    }
 
 
-def build(method: str, hvs: dict | None = None, small: int = 0, asymmetric: bool | None = None, plain=False,
-          **method_kwargs):
+def build(method: str, hvs: dict | None = None, small: int = 0, asymmetric: bool | None = None, plain=False, **method_kwargs):
     asymmetric = method in ASYMMETRIC if asymmetric is None else asymmetric
     augs = [_aug(SIZE, 1), _aug(SIZE, 1)] if asymmetric else [_aug(SIZE, 2)]
     if small:
         augs.append(_aug(SIZE // 2, small))
     cfg = {
-        "name": f"hvs-{method}", "method": method, "backbone": {"name": "resnet18"},
-        "method_kwargs": {**KWARGS[method], **method_kwargs}, "momentum": {"base_tau": 0.99, "final_tau": 1.0},
+        "name": f"hvs-{method}",
+        "method": method,
+        "backbone": {"name": "resnet18"},
+        "method_kwargs": {**KWARGS[method], **method_kwargs},
+        "momentum": {"base_tau": 0.99, "final_tau": 1.0},
         "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
         "augmentations": augs,
         "optimizer": {"name": "sgd", "batch_size": M, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
-        "scheduler": {"name": "none"}, "checkpoint": {"enabled": False}, "auto_resume": {"enabled": False},
-        "max_epochs": 2, "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32,
+        "scheduler": {"name": "none"},
+        "checkpoint": {"enabled": False},
+        "auto_resume": {"enabled": False},
+        "max_epochs": 2,
+        "devices": "1",
+        "accelerator": "cpu",
+        "strategy": "auto",
+        "precision": 32,
     }
     if not plain:
         cfg["hvs"] = {"n_views": 4, "log_stats": False, **(hvs or {})}
@@ -270,10 +285,25 @@ def test_decisions_for_every_solo_learn_method():
                 assert "Remove the hvs block" in str(err) and ": " in str(err)
                 decided[name] = "refused"
     assert decided == {
-        "all4one": "refused", "barlow_twins": "proxy", "byol": "exact", "deepclusterv2": "exact", "dino": "exact",
-        "mae": "refused", "mocov2plus": "exact", "mocov3": "exact", "nnbyol": "exact", "nnclr": "exact",
-        "nnsiam": "exact", "ressl": "exact", "simclr": "exact", "simsiam": "exact", "supcon": "exact",
-        "swav": "exact", "vibcreg": "proxy", "vicreg": "proxy", "wmse": "proxy",
+        "all4one": "refused",
+        "barlow_twins": "proxy",
+        "byol": "exact",
+        "deepclusterv2": "exact",
+        "dino": "exact",
+        "mae": "refused",
+        "mocov2plus": "exact",
+        "mocov3": "exact",
+        "nnbyol": "exact",
+        "nnclr": "exact",
+        "nnsiam": "exact",
+        "ressl": "exact",
+        "simclr": "exact",
+        "simsiam": "exact",
+        "supcon": "exact",
+        "swav": "exact",
+        "vibcreg": "proxy",
+        "vicreg": "proxy",
+        "wmse": "proxy",
     }
     with pytest.raises(ValueError, match=r"'all4one': its loss adds a feature-decorrelation term"):
         check_method("all4one", default)

@@ -5,6 +5,7 @@ and every setting where that would not be exact is refused with the reason and t
 
 Skipped, with the reason shown, where solo-learn is not importable.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -57,23 +58,41 @@ LAYERNORM = {"byol": LayerNormBYOL, "mocov3": LayerNormMoCoV3}
 
 
 def _aug(n: int) -> dict:
-    return {"rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-            "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
-            "grayscale": {"prob": 0.0}, "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
-            "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5}, "crop_size": SIZE, "num_crops": n}
+    return {
+        "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
+        "color_jitter": {"prob": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
+        "grayscale": {"prob": 0.0},
+        "gaussian_blur": {"prob": 0.0},
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "crop_size": SIZE,
+        "num_crops": n,
+    }
 
 
 def build(method: str, hvs: dict, cls: type | None = None, backbone: dict = VIT):
-    cfg = OmegaConf.create({
-        "name": f"hvs-{method}", "method": method, "backbone": backbone,
-        "method_kwargs": KWARGS[method], "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": True},
-        "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
-        "augmentations": [_aug(1), _aug(1)],  # asymmetric, as solo-learn's BYOL / MoCo v3 scripts
-        "optimizer": {"name": "sgd", "batch_size": M, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
-        "scheduler": {"name": "none"}, "checkpoint": {"enabled": False}, "auto_resume": {"enabled": False},
-        "max_epochs": 2, "devices": "1", "accelerator": "cpu", "strategy": "auto", "precision": 32,
-        "hvs": {"n_views": 4, "log_stats": False, **hvs},
-    })
+    cfg = OmegaConf.create(
+        {
+            "name": f"hvs-{method}",
+            "method": method,
+            "backbone": backbone,
+            "method_kwargs": KWARGS[method],
+            "momentum": {"base_tau": 0.99, "final_tau": 1.0, "classifier": True},
+            "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
+            "augmentations": [_aug(1), _aug(1)],  # asymmetric, as solo-learn's BYOL / MoCo v3 scripts
+            "optimizer": {"name": "sgd", "batch_size": M, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
+            "scheduler": {"name": "none"},
+            "checkpoint": {"enabled": False},
+            "auto_resume": {"enabled": False},
+            "max_epochs": 2,
+            "devices": "1",
+            "accelerator": "cpu",
+            "strategy": "auto",
+            "precision": 32,
+            "hvs": {"n_views": 4, "log_stats": False, **hvs},
+        }
+    )
     OmegaConf.set_struct(cfg, False)
     cfg = hvs_parse_cfg(parse_cfg)(cfg)
     torch.manual_seed(0)
@@ -131,16 +150,17 @@ def test_steps_without_selection_run_the_real_momentum_forward():
     assert model.hvs_last.get("skipped") and calls[0] == 2 and "target_reused" not in model.hvs_last
 
 
-@pytest.mark.parametrize("method, hvs, cls, backbone, match", [
-    ("byol", {}, None, VIT, r"momentum_projector has BatchNorm1d in train mode \(momentum_projector\.1\)"),
-    ("mocov3", {}, None, VIT, r"momentum_projector has BatchNorm1d in train mode \(momentum_projector\.1, "),
-    ("byol", {}, None, {"name": "resnet18"},
-     r"momentum_backbone has BatchNorm2d in train mode \(momentum_backbone\.bn1"),
-    ("byol", {"resolution_scale": 0.5}, LayerNormBYOL, VIT,
-     r"needs selection at full resolution \(hvs\.resolution_scale: 1\.0"),
-    ("mocov3", {"score_layer": "backbone.blocks.0"}, LayerNormMoCoV3, VIT, r"cannot be combined with hvs\.score_layer"),
-    ("byol", {"autocast": "bfloat16"}, LayerNormBYOL, VIT, r"cannot be combined with hvs\.autocast"),
-])
+@pytest.mark.parametrize(
+    "method, hvs, cls, backbone, match",
+    [
+        ("byol", {}, None, VIT, r"momentum_projector has BatchNorm1d in train mode \(momentum_projector\.1\)"),
+        ("mocov3", {}, None, VIT, r"momentum_projector has BatchNorm1d in train mode \(momentum_projector\.1, "),
+        ("byol", {}, None, {"name": "resnet18"}, r"momentum_backbone has BatchNorm2d in train mode \(momentum_backbone\.bn1"),
+        ("byol", {"resolution_scale": 0.5}, LayerNormBYOL, VIT, r"needs selection at full resolution \(hvs\.resolution_scale: 1\.0"),
+        ("mocov3", {"score_layer": "backbone.blocks.0"}, LayerNormMoCoV3, VIT, r"cannot be combined with hvs\.score_layer"),
+        ("byol", {"autocast": "bfloat16"}, LayerNormBYOL, VIT, r"cannot be combined with hvs\.autocast"),
+    ],
+)
 def test_inexact_reuse_is_refused_at_setup(method, hvs, cls, backbone, match):
     with pytest.raises(ValueError, match=match) as err:
         build(method, {"reuse_target": True, **hvs}, cls, backbone)

@@ -10,6 +10,7 @@ main_pretrain.py / main_linear.py are in tests/test_solo_learn_integration.py):
 - the reuse checks use the core's per-sample scan (``hvs_plugins.per_sample``);
 - the ready configs accept solo-learn's usual ``wandb.enabled=False`` override.
 """
+
 from __future__ import annotations
 
 import copy
@@ -123,7 +124,7 @@ def test_dino_multicrop_one_sample_trains_on_the_plain_layout():
     with pytest.warns(HVSUnscorableWarning, match=r"a batch of 1 sample, and BatchNorm in train mode \(backbone\.bn1\)"):
         out = model.hvs_select(crops, indexes=idx, targets=y)
     g0, g1 = lay.groups  # one candidate of each global pipeline, then the first small candidates
-    assert [id(c) for c in out] == [id(crops[g0[0]]), id(crops[g1[0]])] + [id(c) for c in crops[lay.n_views:][:lay.n_small]]
+    assert [id(c) for c in out] == [id(crops[g0[0]]), id(crops[g1[0]])] + [id(c) for c in crops[lay.n_views :][: lay.n_small]]
     assert model.hvs_selector.unscorable.count == 1 and model.hvs_last["skipped"]
     loss = model.training_step([idx, crops, y], 0)  # the host's own step goes on with 1 sample
     loss = loss["loss"] if isinstance(loss, dict) else loss
@@ -176,9 +177,17 @@ def test_fit_with_a_one_sample_last_batch_goes_on_and_logs_hvs_statistics(tmp_pa
     data = [(i, [c[0] for c in _candidates(model, 1, seed=i)[1]], 0) for i in range(5)]
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)
     logger = Capture()
-    trainer = Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      default_root_dir=str(tmp_path))
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, loader)
@@ -213,14 +222,20 @@ def test_reuse_checks_use_the_core_per_sample_scan():
             return [(self.projector, self.momentum_projector)]
 
     model = Momentum()
-    with pytest.raises(ValueError, match=r"momentum_projector has Dropout in train mode "
-                                         r"\(momentum_projector\.1, momentum_projector\.3\)\. Set hvs\.reuse_target"):
+    with pytest.raises(
+        ValueError,
+        match=r"momentum_projector has Dropout in train mode "
+        r"\(momentum_projector\.1, momentum_projector\.3\)\. Set hvs\.reuse_target",
+    ):
         target_reuse.check_momentum_networks(model)
     recorder_model = Momentum().eval()
     recorder = target_reuse.MomentumRecorder(recorder_model)
     recorder_model.momentum_projector[3].train()  # flipped back to train mode: found where it runs
-    with pytest.raises(ValueError, match=r"the selection's momentum forward ran: momentum_projector has Dropout "
-                                         r"in train mode \(momentum_projector\.3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the selection's momentum forward ran: momentum_projector has Dropout "
+        r"in train mode \(momentum_projector\.3\)",
+    ):
         recorder(lambda x: {"z": recorder_model.momentum_projector(x)}, torch.randn(2, 4))
 
 

@@ -1,6 +1,7 @@
 """solo-learn adapter logic that needs no solo-learn: the hvs config block, the crop layout, the
 per-sample scorers, the method wrapper (on a stand-in method class), the parse_cfg / METHODS patch
 and the launcher's argument handling."""
+
 from __future__ import annotations
 
 import copy
@@ -66,26 +67,46 @@ def test_import_does_not_need_solo_learn():
 def test_config_defaults_and_values():
     cfg = parse_hvs_config({"n_views": 4})
     assert (cfg.n_views, cfg.cap, cfg.exact, cfg.resolution_scale, cfg.chunk_size, cfg.seed, cfg.proxy) == (
-        4, 128, False, 1.0, None, 0, False)
-    cfg = parse_hvs_config({"n_views": 6, "cap": 32, "exact": True, "resolution_scale": 0.5,
-                            "chunk_size": 16, "seed": 3, "autocast": "bfloat16", "_expanded": True})
+        4,
+        128,
+        False,
+        1.0,
+        None,
+        0,
+        False,
+    )
+    cfg = parse_hvs_config(
+        {
+            "n_views": 6,
+            "cap": 32,
+            "exact": True,
+            "resolution_scale": 0.5,
+            "chunk_size": 16,
+            "seed": 3,
+            "autocast": "bfloat16",
+            "_expanded": True,
+        }
+    )
     assert cfg.autocast_dtype is torch.bfloat16 and cfg.resolution_scale == 0.5 and cfg.chunk_size == 16
     assert parse_hvs_config(None).n_views == 4
 
 
-@pytest.mark.parametrize("block, match", [
-    ({"n_view": 4}, "unknown hvs key"),
-    ({"n_views": 1}, "n_views must be an int >= 2"),
-    ({"n_views": True}, "n_views must be an int"),
-    ({"n_views": 4.0}, "n_views must be an int"),
-    ({"cap": 0}, "cap must be an int >= 1"),
-    ({"resolution_scale": 0}, r"resolution_scale must be in \(0, 1\]"),
-    ({"resolution_scale": 1.5}, r"resolution_scale must be in \(0, 1\]"),
-    ({"chunk_size": 0}, "chunk_size must be an int >= 1"),
-    ({"exact": "yes"}, "exact must be true or false"),
-    ({"global_pairing": "all"}, "global_pairing must be"),
-    ({"autocast": "int8"}, "autocast must be"),
-])
+@pytest.mark.parametrize(
+    "block, match",
+    [
+        ({"n_view": 4}, "unknown hvs key"),
+        ({"n_views": 1}, "n_views must be an int >= 2"),
+        ({"n_views": True}, "n_views must be an int"),
+        ({"n_views": 4.0}, "n_views must be an int"),
+        ({"cap": 0}, "cap must be an int >= 1"),
+        ({"resolution_scale": 0}, r"resolution_scale must be in \(0, 1\]"),
+        ({"resolution_scale": 1.5}, r"resolution_scale must be in \(0, 1\]"),
+        ({"chunk_size": 0}, "chunk_size must be an int >= 1"),
+        ({"exact": "yes"}, "exact must be true or false"),
+        ({"global_pairing": "all"}, "global_pairing must be"),
+        ({"autocast": "int8"}, "autocast must be"),
+    ],
+)
 def test_config_errors_name_the_fix(block, match):
     with pytest.raises(ValueError, match=match):
         parse_hvs_config(block)
@@ -161,8 +182,7 @@ def test_byol_scorer_matches_solo_formula():
     pairs = _pairs(4)
     got = byol_pair_losses(p, zm, pairs)
     for i, (a, b) in enumerate(pairs.tolist()):
-        ref = (2 - 2 * F.cosine_similarity(p[b], zm[a], dim=-1).mean()) + (
-            2 - 2 * F.cosine_similarity(p[a], zm[b], dim=-1).mean())
+        ref = (2 - 2 * F.cosine_similarity(p[b], zm[a], dim=-1).mean()) + (2 - 2 * F.cosine_similarity(p[a], zm[b], dim=-1).mean())
         assert float(got[i].mean()) == pytest.approx(float(ref), abs=1e-5)
 
 
@@ -225,8 +245,7 @@ class FakeSimSiam(nn.Module):
         super().__init__()
         self.num_large_crops = cfg.data.num_large_crops
         self.num_small_crops = cfg.data.num_small_crops
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.projector = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
         self.predictor = nn.Linear(8, 8)
         self.seen = None
@@ -243,8 +262,7 @@ class FakeSimSiam(nn.Module):
         _, X, _ = batch
         assert len(X) == self.num_large_crops + self.num_small_crops
         o1, o2 = self(X[0]), self(X[1])
-        return -(F.cosine_similarity(o1["p"], o2["z"].detach()).mean()
-                 + F.cosine_similarity(o2["p"], o1["z"].detach()).mean()) / 2
+        return -(F.cosine_similarity(o1["p"], o2["z"].detach()).mean() + F.cosine_similarity(o2["p"], o1["z"].detach()).mean()) / 2
 
 
 class FakeDINOLoss(nn.Module):
@@ -285,8 +303,14 @@ def _cfg(method, n_views=4, augs=((16, 2),), small_candidates=False, **hvs):
     for a, n in zip(augs, nums):
         a["num_crops"] = n
     lay = candidate_layout(augs, n_views, small_candidates)
-    return ad({"method": method, "hvs": {"n_views": n_views, **hvs}, "augmentations": augs,
-               "data": {"num_large_crops": 2, "num_small_crops": lay.n_small}})
+    return ad(
+        {
+            "method": method,
+            "hvs": {"n_views": n_views, **hvs},
+            "augmentations": augs,
+            "data": {"num_large_crops": 2, "num_small_crops": lay.n_small},
+        }
+    )
 
 
 def _batch(n_large, m=6, size=12, n_small=0, seed=0):

@@ -1,6 +1,7 @@
 """HVSLoss.select(..., return_target_out=True): BYOL / MoCo momentum outputs of the selected views
 reused by the training step — equal to the momentum forward the step would run (BatchNorm-free
 momentum network), the loss unchanged, state bitwise unchanged; refused where it would not be exact."""
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,9 @@ D = 8
 
 
 def ln_backbone(dropout: float = 0.0) -> nn.Module:  # BatchNorm-free, as a ViT: per-sample outputs
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.LayerNorm(8), nn.Dropout(dropout))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(8), nn.Dropout(dropout)
+    )
 
 
 class Momentum(nn.Module):
@@ -30,8 +32,7 @@ class Momentum(nn.Module):
     def __init__(self, method: str = "byol", bn_heads: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = ln_backbone(dropout)
-        self.projection_head = (BYOLProjectionHead(8, 16, D) if bn_heads
-                                else nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, D)))
+        self.projection_head = BYOLProjectionHead(8, 16, D) if bn_heads else nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, D))
         self.prediction_head = nn.Sequential(nn.Linear(D, 16), nn.GELU(), nn.Linear(16, D)) if method == "byol" else nn.Identity()
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
@@ -111,14 +112,13 @@ def test_target_reuse_refuses_inexact_settings():
         _criterion("byol").select(views, drop, drop.forward_momentum, return_target_out=True)
     ok = Momentum()
     with pytest.raises(ValueError, match=r"full resolution \(resolution_scale=1\.0, got 0\.5\)"):
-        HVSLoss(NegativeCosineSimilarity(), n_views=4, resolution_scale=0.5).select(
-            views, ok, ok.forward_momentum, return_target_out=True)
+        HVSLoss(NegativeCosineSimilarity(), n_views=4, resolution_scale=0.5).select(views, ok, ok.forward_momentum, return_target_out=True)
     with pytest.raises(ValueError, match="needs the momentum/target forward"):
-        HVSLoss(NegativeCosineSimilarity(), n_views=4).select(views, lambda x: (ok(x), ok(x)), modules=[ok],
-                                                             return_target_out=True)
+        HVSLoss(NegativeCosineSimilarity(), n_views=4).select(views, lambda x: (ok(x), ok(x)), modules=[ok], return_target_out=True)
     with pytest.raises(ValueError, match="cannot be combined with score_layer"):
         HVSLoss(NegativeCosineSimilarity(), n_views=4, score_layer="backbone.0").select(
-            views, ok, ok.forward_momentum, return_target_out=True)
+            views, ok, ok.forward_momentum, return_target_out=True
+        )
     with pytest.raises(ValueError, match="drop train_views"):
         _criterion("byol").select(views, ok, ok.forward_momentum, return_target_out=True, train_views=views)
     # a plain function works too: the modules the target forward ran are what is checked

@@ -14,6 +14,7 @@ IBOTLoss (iBOT: DINOLoss + IBOTPatchLoss, one mask per global candidate), DCLLos
 MACLLoss, TiCoLoss, DirectCLRLoss; BarlowTwinsLoss / VICRegLoss only with ``proxy=True`` (a
 labelled proxy); others via :func:`register_pair_loss`. The demo: ``python -m hvs_plugins.adapters.lightly.demo``.
 """
+
 from .ibot import IBOTLoss
 from .generator import HardViewGenerator, normalize_of
 from .loss import HVSLoss, PairLossSpec, register_pair_loss, supported_losses
@@ -21,4 +22,14 @@ from . import more_losses  # noqa: F401,E402  registers DCL(W), MACL, TiCo, Dire
 from .static_colour import StaticColourViews
 from .transforms import CandidateViews
 
-__all__ = ["HardViewGenerator", "normalize_of", "HVSLoss", "CandidateViews", "IBOTLoss", "StaticColourViews", "PairLossSpec", "register_pair_loss", "supported_losses"]
+__all__ = [
+    "HardViewGenerator",
+    "normalize_of",
+    "HVSLoss",
+    "CandidateViews",
+    "IBOTLoss",
+    "StaticColourViews",
+    "PairLossSpec",
+    "register_pair_loss",
+    "supported_losses",
+]

@@ -13,6 +13,7 @@ candidates while scoring; the two selected crops are coloured independently afte
 kNN accuracy of both (and the study's seed spread), the HVS compute ratio, the hardness gap, the
 lowest-IoU fraction and the mean IoU of the trained pairs; figures go to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,19 +25,49 @@ import torch
 
 from .demo_data import CLASSES, Images, load_folder, make_data, make_shapes  # noqa: F401 (public names)
 from .demo_train import (  # noqa: F401 (public names)
-    AUGMENTATIONS, IMAGENET_MEAN, IMAGENET_STD, METHODS, SimSiam, embed, knn_accuracy, small_backbone, train,
+    AUGMENTATIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    METHODS,
+    SimSiam,
+    embed,
+    knn_accuracy,
+    small_backbone,
+    train,
 )
 
 _Images = Images  # the name older benchmark scripts use
 
 # Arguments of a run that takes a few seconds (tests, smoke checks).
-TINY_ARGV = ["--epochs", "1", "--n-images", "96", "--n-test", "40", "--n-bank", "96", "--batch-size", "32", "--image-size", "16",
-             "--width", "8"]
+TINY_ARGV = [
+    "--epochs",
+    "1",
+    "--n-images",
+    "96",
+    "--n-test",
+    "40",
+    "--n-bank",
+    "96",
+    "--batch-size",
+    "32",
+    "--image-size",
+    "16",
+    "--width",
+    "8",
+]
 
 # The accuracy-vs-compute curves of the default setting (benchmarks/effect_budget.py,
 # effect.json["budget"]["muted"], its demo_summary), printed next to a run's own numbers; the torch
 # build is the one constraints.txt pins (numbers differ between builds for the same seed).
-STUDY_BUDGET: Optional[dict[str, Any]] = {'seeds': [0, 1, 2], 'baseline': {'24': '88.7% ± 4.6%'}, 'hvs': {'24': '92.2% ± 3.4%'}, 'min_iou': {'24': '92.4% ± 3.0%'}, 'hvs_compute': {'24': 40.2}, 'baseline_at_hvs_compute': {}, 'torch': '2.14.1'}
+STUDY_BUDGET: Optional[dict[str, Any]] = {
+    "seeds": [0, 1, 2],
+    "baseline": {"24": "88.7% ± 4.6%"},
+    "hvs": {"24": "92.2% ± 3.4%"},
+    "min_iou": {"24": "92.4% ± 3.0%"},
+    "hvs_compute": {"24": 40.2},
+    "baseline_at_hvs_compute": {},
+    "torch": "2.14.1",
+}
 
 
 def candidate_figure(run: dict, images: np.ndarray, path: Path, n: int = 6) -> Path:
@@ -84,21 +115,39 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hvs-demo",
         description="Hard View Selection demo: a lightly method, baseline vs HVS, same seed and budget.",
     )
-    p.add_argument("--data", default="shapes-muted",
-                   help="'shapes' / 'shapes-muted' (embedded; muted: gray levels with a faint tint), 'photos' "
-                        "(patches of scikit-image's sample photos) or a folder of "
-                        "images (one subfolder per class for kNN, or flat)")
+    p.add_argument(
+        "--data",
+        default="shapes-muted",
+        help="'shapes' / 'shapes-muted' (embedded; muted: gray levels with a faint tint), 'photos' "
+        "(patches of scikit-image's sample photos) or a folder of "
+        "images (one subfolder per class for kNN, or flat)",
+    )
     p.add_argument("--method", default="simclr", choices=METHODS)
-    p.add_argument("--aug", default="standard", choices=list(AUGMENTATIONS),
-                   help="augmentation around the method's lightly default transform (blur off below 32 px)")
-    p.add_argument("--static-colour", action=argparse.BooleanOptionalAction, default=True,
-                   help="HVS scores the candidates with one shared colour draw per image and trains on "
-                        "independently coloured views (paper Fig. 4 right); --no-static-colour: plain HVS")
-    p.add_argument("--static-flip", action="store_true",
-                   help="with --static-colour: the flips are shared during selection too (candidates differ by their crop only)")
-    p.add_argument("--eager-colour", action=argparse.BooleanOptionalAction, default=False,
-                   help="with --static-colour: colour all N training crops in the loader rather than the two "
-                        "chosen ones after the selection (same distribution, other draws, slower; the study's first grid)")
+    p.add_argument(
+        "--aug",
+        default="standard",
+        choices=list(AUGMENTATIONS),
+        help="augmentation around the method's lightly default transform (blur off below 32 px)",
+    )
+    p.add_argument(
+        "--static-colour",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="HVS scores the candidates with one shared colour draw per image and trains on "
+        "independently coloured views (paper Fig. 4 right); --no-static-colour: plain HVS",
+    )
+    p.add_argument(
+        "--static-flip",
+        action="store_true",
+        help="with --static-colour: the flips are shared during selection too (candidates differ by their crop only)",
+    )
+    p.add_argument(
+        "--eager-colour",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with --static-colour: colour all N training crops in the loader rather than the two "
+        "chosen ones after the selection (same distribution, other draws, slower; the study's first grid)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=64)
@@ -106,30 +155,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-views", type=int, default=4, help="HVS candidates per image (the paper: 4)")
     p.add_argument("--n-images", type=int, default=1280, help="training images")
     p.add_argument("--n-test", type=int, default=4000, help="test images of the embedded sets (kNN)")
-    p.add_argument("--n-bank", type=int, default=4000,
-                   help="kNN memory of the embedded sets: the training images and more of the same kind")
+    p.add_argument(
+        "--n-bank", type=int, default=4000, help="kNN memory of the embedded sets: the training images and more of the same kind"
+    )
     p.add_argument("--width", type=int, default=16, help="backbone width (features = 8 x width)")
     p.add_argument("--lr", type=float, default=0.5, help="learning rate per 256 samples")
-    p.add_argument("--lr-floor", type=float, default=0.35,
-                   help="cosine schedule from the learning rate down to this fraction of it (0: to zero)")
+    p.add_argument(
+        "--lr-floor", type=float, default=0.35, help="cosine schedule from the learning rate down to this fraction of it (0: to zero)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generator", default="none", choices=["none", "light", "full"],
-                   help="train on views of a learned hard-view generator (after the selection with HVS): "
-                        "'light' (width 16) or 'full' (Viewmaker size); eps 0.02 -> 0.06 over the run")
-    p.add_argument("--select-by", default="loss", choices=["loss", "min_iou"],
-                   help="'loss': HVS; 'min_iou': the zero-cost geometric control (the least-overlapping crops, no forward)")
-    p.add_argument("--score-layer", default=None,
-                   help="HVS scores on the activations after this module of the model (approximate; e.g. backbone.5)")
+    p.add_argument(
+        "--generator",
+        default="none",
+        choices=["none", "light", "full"],
+        help="train on views of a learned hard-view generator (after the selection with HVS): "
+        "'light' (width 16) or 'full' (Viewmaker size); eps 0.02 -> 0.06 over the run",
+    )
+    p.add_argument(
+        "--select-by",
+        default="loss",
+        choices=["loss", "min_iou"],
+        help="'loss': HVS; 'min_iou': the zero-cost geometric control (the least-overlapping crops, no forward)",
+    )
+    p.add_argument(
+        "--score-layer", default=None, help="HVS scores on the activations after this module of the model (approximate; e.g. backbone.5)"
+    )
     p.add_argument("--resolution-scale", type=float, default=1.0, help="HVS scores on copies downscaled by this factor")
     p.add_argument("--hvs-start-epoch", type=int, default=0, help="HVS from this epoch on (random pairs before)")
     p.add_argument("--hvs-probability", type=float, default=1.0, help="HVS on this fraction of steps (random pairs on the others)")
     p.add_argument("--eval-every", type=int, default=4, help="kNN accuracy every k epochs (and after the last)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader workers (numbers depend on the count; 0: the effect study's)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (numbers are reproducible for a given count; 1 = the effect study's; 0: torch's choice)")
-    p.add_argument("--parallel", action=argparse.BooleanOptionalAction, default=True,
-                   help="CPU: the baseline trains in a second process while HVS trains (same numbers; 2 cores)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (numbers depend on the count; 0: the effect study's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (numbers are reproducible for a given count; 1 = the effect study's; 0: torch's choice)",
+    )
+    p.add_argument(
+        "--parallel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CPU: the baseline trains in a second process while HVS trains (same numbers; 2 cores)",
+    )
     p.add_argument("--out", default="hvs_out", help="folder for the figures")
     p.add_argument("--tiny", action="store_true", help="a run of a few seconds (smoke test)")
     return p
@@ -139,16 +206,28 @@ def load_data(args: argparse.Namespace) -> tuple[dict, str]:
     """``({"train", "y_train", "test", "y_test"}, description)`` for ``args.data``."""
     if args.data in ("shapes", "shapes-muted", "photos"):
         data = make_data(args.data, args.n_images, args.n_test, args.image_size, args.n_bank)
-        what = {"shapes": "embedded shapes", "shapes-muted": "embedded shapes (muted colours)",
-                "photos": "patches of 10 scikit-image photos"}[args.data]
-        return data, (f"{what} (10 classes, {len(data['train'])} train / {len(data['test'])} test, "
-                      f"kNN memory {len(data['bank'])}, {args.image_size}px)")
+        what = {
+            "shapes": "embedded shapes",
+            "shapes-muted": "embedded shapes (muted colours)",
+            "photos": "patches of 10 scikit-image photos",
+        }[args.data]
+        return data, (
+            f"{what} (10 classes, {len(data['train'])} train / {len(data['test'])} test, "
+            f"kNN memory {len(data['bank'])}, {args.image_size}px)"
+        )
     images, labels, names = load_folder(args.data, args.image_size, args.n_images)
     if labels is None:
-        return {"train": images, "y_train": None, "test": None, "y_test": None}, f"{args.data} ({len(images)} images, no labels: kNN skipped)"
+        return {
+            "train": images,
+            "y_train": None,
+            "test": None,
+            "y_test": None,
+        }, f"{args.data} ({len(images)} images, no labels: kNN skipped)"
     cut = max(1, int(0.8 * len(images)))
-    return ({"train": images[:cut], "y_train": labels[:cut], "test": images[cut:], "y_test": labels[cut:]},
-            f"{args.data} ({len(images)} images, {len(names)} classes)")
+    return (
+        {"train": images[:cut], "y_train": labels[:cut], "test": images[cut:], "y_test": labels[cut:]},
+        f"{args.data} ({len(images)} images, {len(names)} classes)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -181,13 +260,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if len(data["train"]) < args.batch_size:
         raise SystemExit(f"{len(data['train'])} training images < --batch-size {args.batch_size}")
 
-    mix = "" if args.hvs_probability >= 1 and not args.hvs_start_epoch else (
-        f" (HVS on {args.hvs_probability:.0%} of steps from epoch {args.hvs_start_epoch}, random pairs otherwise)")
-    variant = (("static colour and flip" if args.static_flip else "static colour") + " during selection"
-               if args.static_colour else "plain") + (
-        f", selection at {args.resolution_scale:.0%} resolution" if args.resolution_scale != 1 else "")
-    print(f"HVS demo: {args.method} ({args.aug} augmentation) on {source}, {args.epochs} epochs, batch "
-          f"{args.batch_size}, N={args.n_views}, HVS {variant}{mix}, device {device}")
+    mix = (
+        ""
+        if args.hvs_probability >= 1 and not args.hvs_start_epoch
+        else (f" (HVS on {args.hvs_probability:.0%} of steps from epoch {args.hvs_start_epoch}, random pairs otherwise)")
+    )
+    variant = (
+        ("static colour and flip" if args.static_flip else "static colour") + " during selection" if args.static_colour else "plain"
+    ) + (f", selection at {args.resolution_scale:.0%} resolution" if args.resolution_scale != 1 else "")
+    print(
+        f"HVS demo: {args.method} ({args.aug} augmentation) on {source}, {args.epochs} epochs, batch "
+        f"{args.batch_size}, N={args.n_views}, HVS {variant}{mix}, device {device}"
+    )
     if args.parallel and device.type == "cpu":  # baseline on a second core, HVS here: same numbers, half the wall
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -203,28 +287,41 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     n_pairs = len(hvs["criterion"].pairs)
     result: dict[str, Any] = {
-        "baseline_step_time": base["step_time"], "hvs_step_time": hvs["step_time"] + hvs["selection_time"],
-        "step_time_ratio": hvs["compute_ratio"], "wall_ratio": hvs["wall"] / base["wall"],
-        "hardness_gap": hvs["hardness_gap"], "lowest_iou_fraction": hvs["lowest_iou_fraction"],
+        "baseline_step_time": base["step_time"],
+        "hvs_step_time": hvs["step_time"] + hvs["selection_time"],
+        "step_time_ratio": hvs["compute_ratio"],
+        "wall_ratio": hvs["wall"] / base["wall"],
+        "hardness_gap": hvs["hardness_gap"],
+        "lowest_iou_fraction": hvs["lowest_iou_fraction"],
         "random_lowest_iou_fraction": 1.0 / n_pairs,
-        "mean_selected_iou": hvs["mean_selected_iou"], "mean_random_iou": hvs["mean_random_iou"],
-        "history_baseline": base["history"], "history_hvs": hvs["history"],
+        "mean_selected_iou": hvs["mean_selected_iou"],
+        "mean_random_iou": hvs["mean_random_iou"],
+        "history_baseline": base["history"],
+        "history_hvs": hvs["history"],
     }
     if data["y_test"] is not None:
         tr, te = data["train"], data["test"]
         bank, y_bank = (data["bank"], data["y_bank"]) if data.get("bank") is not None else (tr, data["y_train"])
-        result["knn_raw_pixels"] = knn_accuracy(bank.reshape(len(bank), -1).astype(np.float32), y_bank,
-                                                te.reshape(len(te), -1).astype(np.float32), data["y_test"])
+        result["knn_raw_pixels"] = knn_accuracy(
+            bank.reshape(len(bank), -1).astype(np.float32), y_bank, te.reshape(len(te), -1).astype(np.float32), data["y_test"]
+        )
         result["knn_baseline"], result["knn_hvs"] = base["knn"], hvs["knn"]
     from hvs_plugins.plotting import plot_iou_histograms, plot_training_curves
 
     shown = data["test"] if data["test"] is not None and len(data["test"]) >= 6 else data["train"]
     figs = [
         candidate_figure(hvs, shown, out / "hvs_candidates.png"),
-        plot_iou_histograms({"HVS selected pair": hvs["selected_iou"], "random pair": hvs["random_iou"]},
-                            out / "hvs_iou_histogram.png", title="IoU of training pairs: HVS selected vs random"),
-        plot_training_curves({"baseline": [base["history"]], "HVS": [hvs["history"]]}, out / "hvs_training.png",
-                             random_fraction=1.0 / n_pairs, title=f"{args.method}, seed {args.seed}"),
+        plot_iou_histograms(
+            {"HVS selected pair": hvs["selected_iou"], "random pair": hvs["random_iou"]},
+            out / "hvs_iou_histogram.png",
+            title="IoU of training pairs: HVS selected vs random",
+        ),
+        plot_training_curves(
+            {"baseline": [base["history"]], "HVS": [hvs["history"]]},
+            out / "hvs_training.png",
+            random_fraction=1.0 / n_pairs,
+            title=f"{args.method}, seed {args.seed}",
+        ),
     ]
     if hvs.get("generator") is not None:
         figs.append(generated_figure(hvs, shown, out / "hvs_generated.png"))
@@ -245,30 +342,42 @@ def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pair
     print()
     print(f"{'':28s}{'baseline':>12s}{'HVS':>12s}")
     if "knn_baseline" in result:
-        print(f"{'kNN accuracy (k=20)':28s}{result['knn_baseline']:12.1%}{result['knn_hvs']:12.1%}"
-              f"   (raw pixels: {result['knn_raw_pixels']:.1%}, chance 1/{len(set(data['y_test'].tolist()))})")
+        print(
+            f"{'kNN accuracy (k=20)':28s}{result['knn_baseline']:12.1%}{result['knn_hvs']:12.1%}"
+            f"   (raw pixels: {result['knn_raw_pixels']:.1%}, chance 1/{len(set(data['y_test'].tolist()))})"
+        )
     print(f"{'final train loss':28s}{base['final_loss']:12.3f}{hvs['final_loss']:12.3f}")
-    print(f"{'median step time':28s}{base['step_time'] * 1e3:10.1f}ms{result['hvs_step_time'] * 1e3:10.1f}ms"
-          f"   HVS step-time ratio x{result['step_time_ratio']:.2f} (selection + step, one process; "
-          f"wall-clock incl. data x{result['wall_ratio']:.2f})")
+    print(
+        f"{'median step time':28s}{base['step_time'] * 1e3:10.1f}ms{result['hvs_step_time'] * 1e3:10.1f}ms"
+        f"   HVS step-time ratio x{result['step_time_ratio']:.2f} (selection + step, one process; "
+        f"wall-clock incl. data x{result['wall_ratio']:.2f})"
+    )
     print(f"hardness gap (selected - mean pair loss): {result['hardness_gap']:.4f}")
     if hvs.get("generator") is not None:  # both runs train on generated views; its cost is not in the ratio above
         st = hvs["generator"].stats()
-        print(f"learned hard views: '{args.generator}' generator in both runs (after the selection in HVS's), eps now "
-              f"{st.eps:.3f}, mean |delta| {st.delta:.3f}; its cost per step is measured by benchmarks/generator_cost.py")
-    print(f"lowest-IoU fraction: {result['lowest_iou_fraction']:.1%} of samples trained on their lowest-IoU pair "
-          f"(random pair: 1/{n_pairs} = {result['random_lowest_iou_fraction']:.1%}; paper: >40%)")
+        print(
+            f"learned hard views: '{args.generator}' generator in both runs (after the selection in HVS's), eps now "
+            f"{st.eps:.3f}, mean |delta| {st.delta:.3f}; its cost per step is measured by benchmarks/generator_cost.py"
+        )
+    print(
+        f"lowest-IoU fraction: {result['lowest_iou_fraction']:.1%} of samples trained on their lowest-IoU pair "
+        f"(random pair: 1/{n_pairs} = {result['random_lowest_iou_fraction']:.1%}; paper: >40%)"
+    )
     print(f"mean IoU of training pairs: HVS {result['mean_selected_iou']:.3f} vs random {result['mean_random_iou']:.3f}")
     study = STUDY_BUDGET
     if study and "knn_baseline" in result and _is_default(args):
         eps = " / ".join(study["baseline"])
-        print(f"effect study, this setting (benchmarks/effect_budget.py, seeds {study['seeds']}, torch {study['torch']}): "
-              f"kNN at {eps} epochs: baseline {' / '.join(study['baseline'].values())}; "
-              f"HVS {' / '.join(study['hvs'].values())}; min-IoU control {' / '.join(study['min_iou'].values())}")
+        print(
+            f"effect study, this setting (benchmarks/effect_budget.py, seeds {study['seeds']}, torch {study['torch']}): "
+            f"kNN at {eps} epochs: baseline {' / '.join(study['baseline'].values())}; "
+            f"HVS {' / '.join(study['hvs'].values())}; min-IoU control {' / '.join(study['min_iou'].values())}"
+        )
         at = study["baseline_at_hvs_compute"]
         if at:
-            print("  the baseline given HVS's compute (its curve): "
-                  + "; ".join(f"{e} HVS epochs = {study['hvs_compute'][e]} host-step epochs -> {v}" for e, v in at.items()))
+            print(
+                "  the baseline given HVS's compute (its curve): "
+                + "; ".join(f"{e} HVS epochs = {study['hvs_compute'][e]} host-step epochs -> {v}" for e, v in at.items())
+            )
     print(f"figures: {'  '.join(result['figures'])}")
 
 

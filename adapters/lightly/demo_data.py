@@ -3,6 +3,7 @@
 Nothing is downloaded: the shapes are generated deterministically, the photos are scikit-image's
 bundled sample images. Every loader returns uint8 images ``[n, size, size, 3]`` and labels ``[n]``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,7 @@ def _shape_mask(cls: int, s: int, rng: np.random.Generator) -> np.ndarray:
     period = rng.uniform(5.0, 7.0) * s / 32  # coarse enough to survive crops and resizing
     ph = rng.uniform(0, period)  # random phase of the textures
     if cls == 0:
-        m = dy ** 2 + dx ** 2 <= r ** 2
+        m = dy**2 + dx**2 <= r**2
     elif cls == 1:
         m = inside
     elif cls == 2:
@@ -38,7 +39,7 @@ def _shape_mask(cls: int, s: int, rng: np.random.Generator) -> np.ndarray:
         w = r * 0.3
         m = inside & ((np.abs(dy) <= w) | (np.abs(dx) <= w))
     elif cls == 4:
-        d = np.sqrt(dy ** 2 + dx ** 2)
+        d = np.sqrt(dy**2 + dx**2)
         m = (d <= r) & (d >= r * 0.55)
     elif cls == 5:
         m = inside & (((yy + ph) % period) < period / 2)
@@ -82,7 +83,7 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, muted: bool = False) -> t
         for _ in range(rng.integers(1, 4)):  # clutter
             y0, x0 = rng.integers(0, size, 2)
             h, w = rng.integers(1, max(2, size // 6), 2)
-            img[y0:y0 + h, x0:x0 + w] = _colour(rng, muted)
+            img[y0 : y0 + h, x0 : x0 + w] = _colour(rng, muted)
         bg_lum = _luminance(img.reshape(-1, 3).mean(0))
         for _ in range(20):  # a foreground colour with some luminance contrast
             fg = _colour(rng, muted)
@@ -97,8 +98,7 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, muted: bool = False) -> t
 
 # ----------------------------------------------------------------------------- real photos
 # scikit-image's bundled sample photos (no download); chelsea and cat are the same photo, so cat is out
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-          "camera", "brick", "grass", "gravel"]
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "brick", "grass", "gravel"]
 
 
 def make_photo_patches(n_train: int, n_test: int, size: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -127,11 +127,10 @@ def make_photo_patches(n_train: int, n_test: int, size: int = 24, seed: int = 0)
             cut = int(0.7 * w)
             x_lo, x_hi = (0, cut - side) if part == "train" else (cut, w - side)
             y, x = rng.integers(0, h - side + 1), rng.integers(x_lo, x_hi + 1)
-            patch = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+            patch = Image.fromarray(photo[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
             out[part].append((np.asarray(patch, dtype=np.uint8), c))
     tr, te = out["train"], out["test"]
-    return (np.stack([a for a, _ in tr]), np.array([c for _, c in tr]),
-            np.stack([a for a, _ in te]), np.array([c for _, c in te]))
+    return (np.stack([a for a, _ in tr]), np.array([c for _, c in tr]), np.stack([a for a, _ in te]), np.array([c for _, c in te]))
 
 
 def make_data(name: str, n_train: int, n_test: int, size: int, n_bank: int = 0) -> dict[str, np.ndarray]:
@@ -147,8 +146,7 @@ def make_data(name: str, n_train: int, n_test: int, size: int, n_bank: int = 0) 
         bank, y_bank, test, y_test = make_photo_patches(n_bank, n_test, size, seed=12345)
     else:
         raise ValueError(f"unknown data set {name!r}: 'shapes', 'shapes-muted' or 'photos' (or --data FOLDER)")
-    return {"train": bank[:n_train], "y_train": y_bank[:n_train], "bank": bank, "y_bank": y_bank,
-            "test": test, "y_test": y_test}
+    return {"train": bank[:n_train], "y_train": y_bank[:n_train], "bank": bank, "y_bank": y_bank, "test": test, "y_test": y_test}
 
 
 # ----------------------------------------------------------------------------- a user folder
@@ -199,5 +197,3 @@ class Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         return self.transform(self.pil[i]), i
-
-

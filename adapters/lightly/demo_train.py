@@ -5,6 +5,7 @@ One function, :func:`train`, used by ``demo.py`` and ``benchmarks/effect.py`` so
 the same numbers for the same arguments. Same seed → same initial weights, data order and
 augmentation draws for baseline and HVS (CPU, fixed thread count: bitwise reproducible).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def small_backbone(width: int = 16) -> nn.Module:
     layers: list[nn.Module] = []
     chans = [3, w, 2 * w, 4 * w, 8 * w]
     for i in range(4):
-        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
-                   nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+            nn.BatchNorm2d(chans[i + 1]),
+            nn.ReLU(inplace=True),
+        ]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)
 
@@ -146,7 +150,7 @@ def as_input(images: np.ndarray) -> torch.Tensor:
 def embed(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
     was = backbone.training
     backbone.eval()
-    out = [backbone(as_input(images[i:i + batch]).to(device)).flatten(1).cpu() for i in range(0, len(images), batch)]
+    out = [backbone(as_input(images[i : i + batch]).to(device)).flatten(1).cpu() for i in range(0, len(images), batch)]
     backbone.train(was)
     return torch.cat(out).numpy()
 
@@ -173,12 +177,20 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, desc: str = "",
-          epochs: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+def train(
+    args: argparse.Namespace,
+    data: Any,
+    hvs: bool,
+    device: torch.device,
+    desc: str = "",
+    epochs: Optional[int] = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train one run; ``data``: ``{"train", "y_train", "test", "y_test"}`` (labels may be None).
 
     ``args`` fields: method, aug, epochs, batch_size, image_size, n_views, width, lr, lr_floor (optional), seed,
-    static_colour, static_flip, eager_colour (optional), generator (optional: 'none', 'light', 'full'), select_by (optional: 'loss' or 'min_iou'), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
+    static_colour, static_flip, eager_colour (optional), generator (optional: 'none', 'light', 'full'),
+    select_by (optional: 'loss' or 'min_iou'), resolution_scale, hvs_probability, hvs_start_epoch, workers, eval_every.
     ``epochs`` overrides ``args.epochs`` (compute-matched baselines). Returns the model and, per
     epoch, kNN accuracy (every ``eval_every`` epochs and the last), the lowest-IoU fraction and
     the mean IoU of the trained pairs (HVS: selected; baseline: random), plus median timings of
@@ -202,21 +214,34 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     n_views = args.n_views if hvs else 2
     static = bool(hvs and args.static_colour)
     if static:
-        transform: Any = StaticColourViews(base_transform, n_views=n_views, static_flip=args.static_flip,
-                                           deferred=not getattr(args, "eager_colour", False))
+        transform: Any = StaticColourViews(
+            base_transform, n_views=n_views, static_flip=args.static_flip, deferred=not getattr(args, "eager_colour", False)
+        )
     else:
         transform = CandidateViews(base_transform, n_views=n_views, return_boxes=True)
     groups = "interleaved" if args.method == "byol" else None
     loader = torch.utils.data.DataLoader(
-        Images(data["train"], transform), batch_size=args.batch_size, shuffle=True, drop_last=True,
-        num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed),
-        persistent_workers=args.workers > 0, worker_init_fn=_one_thread if args.workers > 0 else None,
+        Images(data["train"], transform),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        generator=torch.Generator().manual_seed(args.seed),
+        persistent_workers=args.workers > 0,
+        worker_init_fn=_one_thread if args.workers > 0 else None,
     )
     base_loss = NTXentLoss(temperature=0.5) if args.method == "simclr" else NegativeCosineSimilarity()
     criterion = HVSLoss(
-        base_loss, n_views=n_views, groups=groups, seed=args.seed, enabled=hvs,
-        resolution_scale=args.resolution_scale, start_epoch=args.hvs_start_epoch, probability=args.hvs_probability,
-        select_by=getattr(args, "select_by", "loss"), score_layer=getattr(args, "score_layer", None),
+        base_loss,
+        n_views=n_views,
+        groups=groups,
+        seed=args.seed,
+        enabled=hvs,
+        resolution_scale=args.resolution_scale,
+        start_epoch=args.hvs_start_epoch,
+        probability=args.hvs_probability,
+        select_by=getattr(args, "select_by", "loss"),
+        score_layer=getattr(args, "score_layer", None),
     )
     steps = epochs * len(loader)
     lr = args.lr * args.batch_size / 256
@@ -303,9 +328,13 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
                 bar.update(1)
         sel_iou_all += e_sel
         rnd_iou_all += e_rnd
-        rec = {"epoch": epoch + 1, "loss": statistics.mean(e_loss), "mean_trained_iou": statistics.mean(e_sel),
-               "mean_random_iou": statistics.mean(e_rnd),
-               "lowest_iou_fraction": statistics.mean(e_lowest) if e_lowest else None}
+        rec = {
+            "epoch": epoch + 1,
+            "loss": statistics.mean(e_loss),
+            "mean_trained_iou": statistics.mean(e_sel),
+            "mean_random_iou": statistics.mean(e_rnd),
+            "lowest_iou_fraction": statistics.mean(e_lowest) if e_lowest else None,
+        }
         if data.get("y_test") is not None and ((epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == epochs):
             rec["knn"] = evaluate(model.backbone, data, device)
         history.append(rec)
@@ -316,17 +345,27 @@ def train(args: argparse.Namespace, data: Any, hvs: bool, device: torch.device, 
     active_fraction = n_active / max(1, steps)
     lowest = [h["lowest_iou_fraction"] for h in history if h["lowest_iou_fraction"] is not None]
     return {
-        "model": model, "criterion": criterion, "transform": transform, "generator": gen, "steps": steps, "epochs": epochs,
-        "history": history, "knn": history[-1].get("knn"),
-        "final_loss": statistics.mean(h["loss"] for h in history[-max(1, len(history) // 10):]),
-        "step_time": step_med, "selection_time": sel_med, "wall": time.perf_counter() - wall0,
+        "model": model,
+        "criterion": criterion,
+        "transform": transform,
+        "generator": gen,
+        "steps": steps,
+        "epochs": epochs,
+        "history": history,
+        "knn": history[-1].get("knn"),
+        "final_loss": statistics.mean(h["loss"] for h in history[-max(1, len(history) // 10) :]),
+        "step_time": step_med,
+        "selection_time": sel_med,
+        "wall": time.perf_counter() - wall0,
         # model compute of an HVS step relative to the host step (selection forwards amortised over
         # the steps that select); data loading is left out: it runs in loader workers on a GPU box
         "compute_ratio": 1.0 + active_fraction * sel_med / step_med,
-        "selected_iou": sel_iou_all, "random_iou": rnd_iou_all,
+        "selected_iou": sel_iou_all,
+        "random_iou": rnd_iou_all,
         "lowest_iou_fraction": statistics.mean(lowest) if lowest else None,
         "hardness_gap": statistics.mean(gaps) if gaps else None,
-        "mean_selected_iou": statistics.mean(sel_iou_all), "mean_random_iou": statistics.mean(rnd_iou_all),
+        "mean_selected_iou": statistics.mean(sel_iou_all),
+        "mean_random_iou": statistics.mean(rnd_iou_all),
     }
 
 

@@ -43,6 +43,7 @@ Generation then selection (both routes in one step) with :class:`HVSLoss`::
 
 (``shared=False``: ``HVSLoss(..., groups="interleaved")`` keeps every pair one view of each generator.)
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -99,19 +100,26 @@ class HardViewGenerator(_CoreGenerator):
     ``state_dict()``: weights, noise-stream positions, Adam state, schedule position, step count.
     """
 
-    def __init__(self, channels: int = 3, *, normalize: Optional[Mapping[str, Sequence[float]]] = _LIGHTLY_DEFAULT,
-                 transform: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: int = 3,
+        *,
+        normalize: Optional[Mapping[str, Sequence[float]]] = _LIGHTLY_DEFAULT,
+        transform: Any = None,
+        **kwargs: Any,
+    ) -> None:
         if "mean" in kwargs or "std" in kwargs:
-            raise ValueError("the lightly generator takes lightly's normalize={'mean': ..., 'std': ...} (or transform=), "
-                             "not mean=/std=")
+            raise ValueError("the lightly generator takes lightly's normalize={'mean': ..., 'std': ...} (or transform=), not mean=/std=")
         if transform is not None:
             normalize = normalize_of(transform)
         if normalize is None:
             mean, std = (0.0,) * channels, (1.0,) * channels
         else:
             if not isinstance(normalize, Mapping) or set(normalize) != {"mean", "std"}:
-                raise ValueError(f"normalize must be a dict with keys 'mean' and 'std' (lightly's IMAGENET_NORMALIZE), "
-                                 f"or None for views in [0, 1]; got {normalize!r}")
+                raise ValueError(
+                    f"normalize must be a dict with keys 'mean' and 'std' (lightly's IMAGENET_NORMALIZE), "
+                    f"or None for views in [0, 1]; got {normalize!r}"
+                )
             mean, std = tuple(normalize["mean"]), tuple(normalize["std"])
         type(self).check_keys(kwargs)  # unknown options: an error listing the valid keys
         super().__init__(channels, mean=mean, std=std, **kwargs)

@@ -16,6 +16,7 @@ row-major order, as ``teacher_patch_head(features[:, 1:][mask.flatten(1)])``) an
 crops ``student(x, None)`` (its [CLS] output, or a tuple starting with it). Neither loss is
 called during selection (lightly updates both centers on every call): the centers are read only.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -139,8 +140,18 @@ class IBOTMethod:
         return g, out
 
     def select(
-        self, hvs: Any, views: list, model: Any, target: Any, mods: Sequence[nn.Module], *, active: bool,
-        epoch: Optional[int] = None, teacher_temp: Optional[float] = None, masks: Any = None, queue: Any = None,
+        self,
+        hvs: Any,
+        views: list,
+        model: Any,
+        target: Any,
+        mods: Sequence[nn.Module],
+        *,
+        active: bool,
+        epoch: Optional[int] = None,
+        teacher_temp: Optional[float] = None,
+        masks: Any = None,
+        queue: Any = None,
         **_: Any,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if queue is not None:
@@ -163,8 +174,12 @@ class IBOTMethod:
                         tc, tp = _pair(target(x[a:b], mk[a:b]), "teacher")
                         sc, sp = _pair(model(x[a:b], mk[a:b]), "student")
                     p = ibot_patch_cross_entropy(
-                        tp.float(), sp.float(), mk[a:b], c.patch_loss.center.value,
-                        c.patch_teacher_temp(teacher_temp), float(c.patch_loss.student_temp),
+                        tp.float(),
+                        sp.float(),
+                        mk[a:b],
+                        c.patch_loss.center.value,
+                        c.patch_teacher_temp(teacher_temp),
+                        float(c.patch_loss.student_temp),
                     )
                     parts.append((tc.float(), sc.float(), p))
                 t_cls.append(torch.cat([q[0] for q in parts]))
@@ -178,8 +193,11 @@ class IBOTMethod:
                     outs.append((o[0] if isinstance(o, (tuple, list)) else o).float())
                 s_cls.append(torch.cat(outs))
             cls_ce = dino_cross_entropy(
-                torch.stack(t_cls), torch.stack(s_cls), c.dino_loss.center,
-                c.cls_teacher_temp(epoch, teacher_temp), float(c.dino_loss.student_temp),
+                torch.stack(t_cls),
+                torch.stack(s_cls),
+                c.dino_loss.center,
+                c.cls_teacher_temp(epoch, teacher_temp),
+                float(c.dino_loss.student_temp),
             )  # [G, G+L, M]
             ce = ibot_combination_ce(cls_ce, torch.stack(patch), space.n_terms, c.cls_weight, c.patch_weight)
         choice, out = hvs._choose_combination(space, ce, glob, loc)

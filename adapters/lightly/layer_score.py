@@ -1,6 +1,7 @@
 """``HVSLoss(score_layer=...)``: APPROXIMATE two-view scoring on an earlier layer (core
 ``hvs_plugins.layer_scoring``): the cosine distance of the online network's activations after a
 named module, the network run only up to there."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -43,8 +44,9 @@ def score_root(model: Any, modules: Sequence[nn.Module]) -> nn.Module:
     )
 
 
-def layer_pair_losses(selector: HardViewSelector, model: Any, views: Sequence[torch.Tensor], name: str,
-                      modules: Sequence[nn.Module]) -> torch.Tensor:
+def layer_pair_losses(
+    selector: HardViewSelector, model: Any, views: Sequence[torch.Tensor], name: str, modules: Sequence[nn.Module]
+) -> torch.Tensor:
     """``[P, M]`` cosine distances after ``name`` (call inside ``selector.scoring``)."""
     run = layer_forward(model, score_root(model, modules), name)
     (features,) = selector.forward_views(run, views, selector.n_views)  # [N, M, D]

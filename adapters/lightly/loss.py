@@ -7,6 +7,7 @@ objective (no gradients, no state change) and returns the hardest pair per sampl
 loop's normal training step. DINO multi-crop: :meth:`HVSLoss.select` returns DINO's view list
 ``[global_a, global_b, local_1, ...]`` chosen from 2 candidates per crop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,7 +42,12 @@ from .methods import multicrop_method
 from .registry import PairLossSpec, lookup, register_pair_loss, supported_losses  # noqa: F401 (public names)
 from .transforms import CandidateList, CandidateViews, check_multicrop_layout, layout_from_candidates
 from .target_reuse import (
-    check_ran_modules, check_target_reuse, chosen_target_outputs, modules_run, plain_target_outputs, refuse_stale_target,
+    check_ran_modules,
+    check_target_reuse,
+    chosen_target_outputs,
+    modules_run,
+    plain_target_outputs,
+    refuse_stale_target,
     watch_parameters,
 )
 
@@ -77,7 +83,7 @@ def _device_of(modules: Sequence[nn.Module]) -> Optional[torch.device]:
 def _flatten_criterion_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     inner = prefix + "criterion."
     for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
 def _nest_criterion_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
@@ -193,8 +199,10 @@ class HVSLoss(nn.Module):
             raise ValueError(f"select_by must be 'loss' (HVS) or 'min_iou' (geometric control), got {select_by!r}")
         if select_by == "min_iou":
             if self.spec is None:
-                raise ValueError("select_by='min_iou' is for two-view losses; multi-crop losses (DINO, SwAV, iBOT) "
-                                 "select with their loss: drop select_by")
+                raise ValueError(
+                    "select_by='min_iou' is for two-view losses; multi-crop losses (DINO, SwAV, iBOT) "
+                    "select with their loss: drop select_by"
+                )
             if score_layer is not None:
                 raise ValueError("select_by='min_iou' runs no forward: drop score_layer")
             self.scoring = "geometric"
@@ -296,8 +304,11 @@ class HVSLoss(nn.Module):
         momentum network), refused with the reason otherwise (``target_reuse.py``).
         """
         if (
-            isinstance(views, (tuple, list)) and len(views) == 2 and isinstance(views[0], (tuple, list))
-            and isinstance(views[1], torch.Tensor) and views[1].dim() == 3
+            isinstance(views, (tuple, list))
+            and len(views) == 2
+            and isinstance(views[0], (tuple, list))
+            and isinstance(views[1], torch.Tensor)
+            and views[1].dim() == 3
         ):  # (views, boxes) from CandidateViews(..., return_boxes=True)
             views, boxes = views
         if self._layout_unchecked and isinstance(views, CandidateList) and views.groups is not None:
@@ -318,8 +329,17 @@ class HVSLoss(nn.Module):
         if reason is not None:
             self.selector.unscorable.record(reason, stacklevel=3)
             active = False
-        kw = dict(epoch=epoch, teacher_temp=teacher_temp, modules=modules, boxes=boxes, return_teacher_out=return_teacher_out,
-                  return_target_out=return_target_out, queue=queue, masks=masks, train_views=train_views)
+        kw = dict(
+            epoch=epoch,
+            teacher_temp=teacher_temp,
+            modules=modules,
+            boxes=boxes,
+            return_teacher_out=return_teacher_out,
+            return_target_out=return_target_out,
+            queue=queue,
+            masks=masks,
+            train_views=train_views,
+        )
         try:
             return self._select(views, model, target, mods, device, active, **kw)
         except ValueError as exc:  # e.g. a forward given as a lambda: its BatchNorm is found when it runs
@@ -334,17 +354,45 @@ class HVSLoss(nn.Module):
         """Batches trained on a plain random pair because they could not be scored (see ``hvs_plugins.unscorable``)."""
         return self.selector.unscorable.count
 
-    def _select(self, views: list, model: Forward, target: Optional[Forward], mods: list, device: Any, active: bool, *,
-                epoch: Optional[int], teacher_temp: Optional[float], modules: Sequence[nn.Module], boxes: Optional[torch.Tensor],
-                return_teacher_out: bool, return_target_out: bool, queue: Any, masks: Any, train_views: Any) -> Any:
+    def _select(
+        self,
+        views: list,
+        model: Forward,
+        target: Optional[Forward],
+        mods: list,
+        device: Any,
+        active: bool,
+        *,
+        epoch: Optional[int],
+        teacher_temp: Optional[float],
+        modules: Sequence[nn.Module],
+        boxes: Optional[torch.Tensor],
+        return_teacher_out: bool,
+        return_target_out: bool,
+        queue: Any,
+        masks: Any,
+        train_views: Any,
+    ) -> Any:
         if self.method is not None:  # SwaVLoss (queue=), IBOTLoss (masks=): see swav.py, ibot.py
             check_multicrop_layout(views, self.n_global_candidates, self.method.name)
-            return self.method.select(self, views, model, target, mods, active=active, epoch=epoch,
-                                      teacher_temp=teacher_temp, queue=queue, masks=masks, boxes=boxes)
+            return self.method.select(
+                self,
+                views,
+                model,
+                target,
+                mods,
+                active=active,
+                epoch=epoch,
+                teacher_temp=teacher_temp,
+                queue=queue,
+                masks=masks,
+                boxes=boxes,
+            )
         if self.is_dino:
             check_multicrop_layout(views, self.n_global_candidates, "DINO")
-            return self._select_dino(views, model, target if target is not None else model, mods, epoch, teacher_temp,
-                                     boxes, active, return_teacher_out)
+            return self._select_dino(
+                views, model, target if target is not None else model, mods, epoch, teacher_temp, boxes, active, return_teacher_out
+            )
         if len(views) != self.n_views:
             raise ValueError(
                 f"HVSLoss(n_views={self.n_views}) got {len(views)} views per sample: wrap the transform "
@@ -353,8 +401,10 @@ class HVSLoss(nn.Module):
         pair_fn = train_views if callable(train_views) else None  # views built after the selection
         if pair_fn is not None:
             if return_target_out:
-                raise ValueError("return_target_out=True needs the training views before the selection (the "
-                                 "target outputs are of the scored views): pass them as a list, not a function")
+                raise ValueError(
+                    "return_target_out=True needs the training views before the selection (the "
+                    "target outputs are of the scored views): pass them as a list, not a function"
+                )
             train_views = None
         if train_views is not None:
             train_views = check_candidate_views(train_views, same_shape=False)
@@ -376,8 +426,10 @@ class HVSLoss(nn.Module):
         sel = self.selector
         if self.select_by == "min_iou":  # geometric control: no forward, the least-overlapping crops
             if boxes is None:
-                raise ValueError("select_by='min_iou' needs the crop boxes: CandidateViews(transform, "
-                                 "return_boxes=True) and select(views, model, boxes=boxes)")
+                raise ValueError(
+                    "select_by='min_iou' needs the crop boxes: CandidateViews(transform, "
+                    "return_boxes=True) and select(views, model, boxes=boxes)"
+                )
             if return_target_out:
                 raise ValueError("select_by='min_iou' runs no forward, so it has no target outputs: drop return_target_out")
             selection = select_min_iou(boxes, sel.pairs, sel.generator)
@@ -421,8 +473,12 @@ class HVSLoss(nn.Module):
     def _built_pair(pair_fn: Callable, chosen: torch.Tensor, device: Optional[torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
         """``train_views`` given as a function of ``chosen: [M, 2]`` (e.g. ``StaticColourViews.colour_chosen``)."""
         out = pair_fn(chosen)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(x, torch.Tensor) for x in out)
-                and out[0].shape[0] == chosen.shape[0] == out[1].shape[0]):
+        if not (
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and all(isinstance(x, torch.Tensor) for x in out)
+            and out[0].shape[0] == chosen.shape[0] == out[1].shape[0]
+        ):
             raise ValueError(f"train_views(chosen) must return two tensors of {chosen.shape[0]} samples each")
         return tuple(to_device(x, device) for x in out) if device is not None else tuple(out)
 

@@ -1,5 +1,6 @@
 """Multi-crop methods besides DINO that :class:`HVSLoss` selects for with a dedicated handler
 (their combination loss needs more than a pair table: Sinkhorn codes, masks)."""
+
 from __future__ import annotations
 
 from typing import Any, Optional

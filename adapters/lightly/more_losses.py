@@ -1,6 +1,7 @@
 """More lightly losses for :class:`HVSLoss`: the exact per-sample ones (DCLLoss, DCLWLoss, MACLLoss,
 TiCoLoss, DirectCLRLoss) and the labelled invariance proxy for BarlowTwinsLoss / VICRegLoss
 (``HVSLoss(..., proxy=True)``; off by default). Importing the package registers them."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,8 +33,7 @@ def _refuse_gathered(criterion: nn.Module) -> None:
 def _one_network(criterion: nn.Module, online: list, target: Optional[list]) -> torch.Tensor:
     if target is not None:
         raise ValueError(
-            f"{type(criterion).__name__} compares two views of one network: call select(views, model) without "
-            "a target forward"
+            f"{type(criterion).__name__} compares two views of one network: call select(views, model) without a target forward"
         )
     return online[0]
 

@@ -4,6 +4,7 @@ two-view losses (NegativeCosineSimilarity: SimSiam, BYOL; NTXentLoss: SimCLR, Mo
 ``more_losses.py`` registers the other lightly losses and the labelled proxies into it; this module
 imports nothing else of the adapter's, so the dependency runs one way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,9 +42,7 @@ class PairLossSpec:
 _REGISTRY: dict[type, PairLossSpec] = {}
 
 
-def register_pair_loss(
-    loss_cls: type, fn: PairLossFn, ordered: Union[bool, Callable[[nn.Module], bool]] = False
-) -> None:
+def register_pair_loss(loss_cls: type, fn: PairLossFn, ordered: Union[bool, Callable[[nn.Module], bool]] = False) -> None:
     """Teach HVS a custom (or unsupported lightly) loss class: ``fn(criterion, online, target, pairs)``
     returns the per-sample loss of every pair ``[P, M]`` (see :class:`PairLossSpec`)."""
     if not isinstance(loss_cls, type):
@@ -128,10 +127,7 @@ def _ntxent(criterion: nn.Module, online: list, target: Optional[list], pairs: t
     if bank_module is not None and size and size[0] > 0:  # MoCo: negatives from the bank (read only)
         bank = bank_module.bank
         if bank.dim() != 2 or bank.shape[0] == 0:
-            raise ValueError(
-                "NTXentLoss memory bank is not initialised as [K, D]: create it with "
-                "memory_bank_size=(K, D) (lightly >= 1.5)"
-            )
+            raise ValueError("NTXentLoss memory bank is not initialised as [K, D]: create it with memory_bank_size=(K, D) (lightly >= 1.5)")
         if bank.shape[1] != online[0].shape[-1] and bank.shape[0] == online[0].shape[-1]:
             bank = bank.t()
         if target is None:  # the keys would silently come from the online network
@@ -144,10 +140,7 @@ def _ntxent(criterion: nn.Module, online: list, target: Optional[list], pairs: t
         keys = target[0]
         return ntxent_pair_losses(online[0], pairs, temperature, keys=keys, memory_bank=bank, symmetric=False)
     if target is not None:
-        raise ValueError(
-            "NTXentLoss without a memory bank (SimCLR) uses one network: call select(views, model) "
-            "without a target forward"
-        )
+        raise ValueError("NTXentLoss without a memory bank (SimCLR) uses one network: call select(views, model) without a target forward")
     z = online[0]
     if getattr(criterion, "gather_distributed", False) and torch.distributed.is_available() and torch.distributed.is_initialized():
         world = torch.distributed.get_world_size()

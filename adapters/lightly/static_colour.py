@@ -10,6 +10,7 @@ the shared draw too (they commute with the pixel-wise colour ops), so the candid
 their crop box only. With ``deferred=True`` only the two selected crops are coloured for training,
 after the selection (the paper's order; N - 2 fewer photometric passes per image in the loader).
 """
+
 from __future__ import annotations
 
 import random
@@ -21,8 +22,15 @@ import torch
 from hvs_plugins import CandidateTransform
 
 _GEOMETRIC = {
-    "RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation",
-    "RandomRotate", "RandomRotateDegrees", "CenterCrop", "Resize", "RandomCrop",
+    "RandomResizedCrop",
+    "RandomHorizontalFlip",
+    "RandomVerticalFlip",
+    "RandomRotation",
+    "RandomRotate",
+    "RandomRotateDegrees",
+    "CenterCrop",
+    "Resize",
+    "RandomCrop",
 }
 _TAIL = {"ToTensor", "Normalize", "ToImage", "ToDtype", "ConvertImageDtype", "PILToTensor"}
 
@@ -38,9 +46,7 @@ def _ops(view_transform: Any) -> list:
     inner = getattr(view_transform, "transform", view_transform)  # lightly view transform -> Compose
     ops = getattr(inner, "transforms", None)
     if not isinstance(ops, (list, tuple)):
-        raise TypeError(
-            f"static colour needs a Compose-style view transform (a list of ops), got {type(view_transform).__name__}"
-        )
+        raise TypeError(f"static colour needs a Compose-style view transform (a list of ops), got {type(view_transform).__name__}")
     return list(ops)
 
 
@@ -162,8 +168,10 @@ class StaticColourViews:
         of every sample with independent photometric draws (sample by sample, as the loader
         would) and returns ``(x0, x1)``, ``[M, C, H, W]`` each."""
         if not self.deferred:
-            raise ValueError("colour_chosen needs StaticColourViews(..., deferred=True): without it the "
-                             "loader already returns coloured train views; pass those as train_views")
+            raise ValueError(
+                "colour_chosen needs StaticColourViews(..., deferred=True): without it the "
+                "loader already returns coloured train views; pass those as train_views"
+            )
         if len(crops) != self.n_views:
             raise ValueError(f"expected the {self.n_views} crops of a deferred batch, got {len(crops)}")
 
@@ -177,8 +185,7 @@ class StaticColourViews:
             # per view: colour (own draw, PIL kernels as in the loader); per slot: the tensor tail
             # (ToTensor, Normalize: element-wise, so batched = view by view, bitwise)
             pair = [[_as_uint8(self.photometric(_as_image(crops[c][m], Image))) for c in row] for m, row in enumerate(idx)]
-            return tuple(self.tail(tv_tensors.Image(torch.stack([p[k] for p in pair]))).as_subclass(torch.Tensor)
-                         for k in (0, 1))
+            return tuple(self.tail(tv_tensors.Image(torch.stack([p[k] for p in pair]))).as_subclass(torch.Tensor) for k in (0, 1))
 
         return train_pair
 
@@ -203,8 +210,10 @@ def _batchable(ops: Sequence[Any]) -> bool:
 def _as_uint8(crop: Any) -> torch.Tensor:
     """A geometric op's output (PIL image, mode RGB or L) as a uint8 ``[C, H, W]`` tensor (lossless)."""
     if getattr(crop, "mode", None) not in ("RGB", "L"):
-        raise TypeError(f"StaticColourViews(deferred=True) needs PIL images of mode RGB or L (lightly's transforms "
-                        f"on PIL input), got {type(crop).__name__} {getattr(crop, 'mode', '')}")
+        raise TypeError(
+            f"StaticColourViews(deferred=True) needs PIL images of mode RGB or L (lightly's transforms "
+            f"on PIL input), got {type(crop).__name__} {getattr(crop, 'mode', '')}"
+        )
     arr = np.asarray(crop, dtype=np.uint8)
     return torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1).copy()).permute(2, 0, 1)
 

@@ -12,6 +12,7 @@ Exact means: the mean of the per-sample losses of a combination equals ``SwaVLos
 every sample of the batch is on that combination (Sinkhorn couples the batch, as NT-Xent's
 negatives do); see ``hvs_plugins.swav``.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -36,13 +37,24 @@ class SwaVMethod:
 
         c = self.criterion
         return partial(
-            sinkhorn, iterations=int(c.sinkhorn_iterations), epsilon=float(c.sinkhorn_epsilon),
+            sinkhorn,
+            iterations=int(c.sinkhorn_iterations),
+            epsilon=float(c.sinkhorn_epsilon),
             gather_distributed=bool(c.sinkhorn_gather_distributed),
         )
 
     def select(
-        self, hvs: Any, views: list, model: Any, target: Any, mods: Sequence[nn.Module], *, active: bool,
-        queue: Optional[Sequence[torch.Tensor]] = None, masks: Any = None, **_: Any,
+        self,
+        hvs: Any,
+        views: list,
+        model: Any,
+        target: Any,
+        mods: Sequence[nn.Module],
+        *,
+        active: bool,
+        queue: Optional[Sequence[torch.Tensor]] = None,
+        masks: Any = None,
+        **_: Any,
     ) -> list[torch.Tensor]:
         if target is not None:
             raise ValueError(

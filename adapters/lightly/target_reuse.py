@@ -9,6 +9,7 @@ refused with the reason. The modules checked are those the target forward actual
 selection (a global forward pre-hook records them), so an online network with BatchNorm does not
 count against a BatchNorm-free momentum network.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -24,22 +25,27 @@ def check_target_reuse(hvs: Any, target: Optional[Callable], train_views: Any) -
     """Before the selection: raise a ValueError naming the fix where reuse cannot be exact."""
     name = type(hvs.criterion).__name__
     if hvs.is_dino or hvs.method is not None:
-        raise ValueError(f"return_target_out=True is for two-view losses with a momentum network; for {name} use "
-                         "return_teacher_out=True (DINO)")
+        raise ValueError(
+            f"return_target_out=True is for two-view losses with a momentum network; for {name} use return_teacher_out=True (DINO)"
+        )
     if target is None:
-        raise ValueError(f"return_target_out=True needs the momentum/target forward (select(views, model, "
-                         f"model.forward_momentum)); {name} was called without one")
+        raise ValueError(
+            f"return_target_out=True needs the momentum/target forward (select(views, model, "
+            f"model.forward_momentum)); {name} was called without one"
+        )
     if hvs.score_layer is not None:
-        raise ValueError("return_target_out=True cannot be combined with score_layer: layer scoring does not run "
-                         "the target network")
+        raise ValueError("return_target_out=True cannot be combined with score_layer: layer scoring does not run the target network")
     if hvs.selector.resolution_scale != 1.0:
         raise ValueError(
             f"return_target_out=True needs selection at full resolution (resolution_scale=1.0, got "
             f"{hvs.selector.resolution_scale}): the target outputs at reduced resolution are not the ones the "
-            "training step would compute. Drop return_target_out or the resolution scale.")
+            "training step would compute. Drop return_target_out or the resolution scale."
+        )
     if train_views is not None:
-        raise ValueError("return_target_out=True scores and trains on the same views: drop train_views (the target "
-                         "outputs of the scoring views are not those of the training views)")
+        raise ValueError(
+            "return_target_out=True scores and trains on the same views: drop train_views (the target "
+            "outputs of the scoring views are not those of the training views)"
+        )
 
 
 def check_ran_modules(ran: list[nn.Module], names: dict[int, str]) -> None:
@@ -51,7 +57,8 @@ def check_ran_modules(ran: list[nn.Module], names: dict[int, str]) -> None:
             "return_target_out=True needs a momentum network whose output per sample does not depend on the batch "
             "or the RNG, so that its selection outputs equal those of the training step; in train mode it has: "
             f"{', '.join(found[:4])}{' ...' if len(found) > 4 else ''}. Call select without return_target_out and "
-            "forward the momentum network on the selected views as before (or keep it in eval mode).")
+            "forward the momentum network on the selected views as before (or keep it in eval mode)."
+        )
 
 
 def watch_parameters(ran: list[nn.Module]) -> list[tuple[weakref.ref, int, int]]:

@@ -1,4 +1,5 @@
 """N-candidate versions of lightly's multi-view transforms, with crop-box recording."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
@@ -82,8 +83,9 @@ class CandidateList(list):
     transform_name: str = ""
 
 
-def layout_from_candidates(candidates: Optional[CandidateViews], n_views: Optional[int],
-                           groups: Union[None, str, Sequence[Sequence[int]]]) -> tuple[int, Any]:
+def layout_from_candidates(
+    candidates: Optional[CandidateViews], n_views: Optional[int], groups: Union[None, str, Sequence[Sequence[int]]]
+) -> tuple[int, Any]:
     """``(n_views, groups)`` for HVSLoss: from ``candidates`` (the loader's CandidateViews) when
     given, refusing explicit values that disagree with it; else ``n_views`` (default 4) and ``groups``."""
     if candidates is None:
@@ -91,15 +93,21 @@ def layout_from_candidates(candidates: Optional[CandidateViews], n_views: Option
     if not isinstance(candidates, CandidateViews):
         raise TypeError(f"candidates must be the loader's CandidateViews, got {type(candidates).__name__}")
     if candidates.multicrop:
-        raise ValueError("candidates= sets the layout of two-view losses; a multi-crop CandidateViews (DINO, SwAV, "
-                         "iBOT) needs no layout: drop candidates=")
+        raise ValueError(
+            "candidates= sets the layout of two-view losses; a multi-crop CandidateViews (DINO, SwAV, "
+            "iBOT) needs no layout: drop candidates="
+        )
     own = "interleaved" if candidates.groups is not None else None
     if n_views is not None and n_views != candidates.n_views:
-        raise ValueError(f"HVSLoss(n_views={n_views}) disagrees with candidates (CandidateViews(..., n_views="
-                         f"{candidates.n_views})): drop n_views, the candidates set it")
+        raise ValueError(
+            f"HVSLoss(n_views={n_views}) disagrees with candidates (CandidateViews(..., n_views="
+            f"{candidates.n_views})): drop n_views, the candidates set it"
+        )
     if groups is not None and groups != own:
-        raise ValueError(f"HVSLoss(groups={groups!r}) disagrees with candidates ({candidates.transform_name}: "
-                         f"groups={own!r}): drop groups, the candidates set it")
+        raise ValueError(
+            f"HVSLoss(groups={groups!r}) disagrees with candidates ({candidates.transform_name}: "
+            f"groups={own!r}): drop groups, the candidates set it"
+        )
     return candidates.n_views, own
 
 

@@ -14,6 +14,7 @@ mmengine >= 0.10: they name the import location ``mmselfsup.engine.runner``, whi
 exist, so that building any train loop fails with ``ModuleNotFoundError`` (open-mmlab/mmselfsup#745);
 locations that cannot be imported are dropped.
 """
+
 from __future__ import annotations
 
 import importlib

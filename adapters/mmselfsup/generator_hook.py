@@ -37,6 +37,7 @@ generator uses ``mean/255`` and ``std/255`` of the data preprocessor (channel or
 no normalisation: mean 0, std 1/255), so per image ``mean |δ| = ε`` in [0, 1] units, and the
 generated view stays within the 0-255 range (clamped).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -81,8 +82,7 @@ def unknown_generator_options_message(unknown) -> str:
         parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
     note = ""
     if any(str(k) in _FROM_PREPROCESSOR for k in unknown):
-        note = (" The normalisation (mean/std, channels) is read from the model's data_preprocessor: "
-                "remove it from the hook.")
+        note = " The normalisation (mean/std, channels) is read from the model's data_preprocessor: remove it from the hook."
     return (
         f"HardViewGeneratorHook got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}.{note} "
         f"Valid options: {', '.join(valid)} (see help(HardViewGeneratorHook) for what each does)"
@@ -114,12 +114,15 @@ def preprocessor_normalisation(preprocessor) -> tuple[list[float], list[float]]:
             f"HardViewGeneratorHook needs the model's image data preprocessor (SelfSupDataPreprocessor or "
             f"mmengine's ImgDataPreprocessor) to know the views' pixel range; this model has "
             f"{type(preprocessor).__name__}: set model.data_preprocessor=dict(type='SelfSupDataPreprocessor', "
-            "mean=..., std=..., bgr_to_rgb=True), or remove the hook")
+            "mean=..., std=..., bgr_to_rgb=True), or remove the hook"
+        )
     if not enabled:
         return [0.0, 0.0, 0.0], [1.0 / 255.0] * 3
     if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
-        raise ValueError(f"HardViewGeneratorHook: the data preprocessor {type(preprocessor).__name__} normalises "
-                         "but has no mean/std buffers; remove the hook or use SelfSupDataPreprocessor")
+        raise ValueError(
+            f"HardViewGeneratorHook: the data preprocessor {type(preprocessor).__name__} normalises "
+            "but has no mean/std buffers; remove the hook or use SelfSupDataPreprocessor"
+        )
     return ([float(v) / 255.0 for v in mean.flatten().tolist()], [float(v) / 255.0 for v in std.flatten().tolist()])
 
 
@@ -204,16 +207,27 @@ class HardViewGeneratorHook(Hook):
         if unknown:  # a misspelt option (e.g. from a config dict): name it, list the valid ones
             raise TypeError(unknown_generator_options_message(unknown))
         if isinstance(gap_interval, bool) or not isinstance(gap_interval, int) or gap_interval < 0:
-            raise ValueError(f"HardViewGeneratorHook: gap_interval must be an int >= 0 (0: no hardness gap), "
-                             f"got {gap_interval!r}")
-        for name, value in (("shared", shared), ("sync_grads", sync_grads), ("enabled", enabled),
-                            ("log_stats", log_stats)):
+            raise ValueError(f"HardViewGeneratorHook: gap_interval must be an int >= 0 (0: no hardness gap), got {gap_interval!r}")
+        for name, value in (("shared", shared), ("sync_grads", sync_grads), ("enabled", enabled), ("log_stats", log_stats)):
             if not isinstance(value, bool):
                 raise TypeError(f"HardViewGeneratorHook: {name} must be True or False, got {value!r}")
         self.options: dict[str, Any] = dict(
-            eps=eps, eps_start=eps_start, eps_end=eps_end, ramp_epochs=ramp_epochs, shared=shared, width=width,
-            n_blocks=n_blocks, stem_kernel=stem_kernel, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-            reverse_scale=reverse_scale, seed=seed, sync_grads=sync_grads, enabled=enabled)
+            eps=eps,
+            eps_start=eps_start,
+            eps_end=eps_end,
+            ramp_epochs=ramp_epochs,
+            shared=shared,
+            width=width,
+            n_blocks=n_blocks,
+            stem_kernel=stem_kernel,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            reverse_scale=reverse_scale,
+            seed=seed,
+            sync_grads=sync_grads,
+            enabled=enabled,
+        )
         # built now to validate the options early (construction errors at config time); rebuilt in
         # before_run with the data preprocessor's normalisation (same seed: the same weights)
         self.generator: HardViewGenerator = self._build()
@@ -232,15 +246,13 @@ class HardViewGeneratorHook(Hook):
         self.last_gap_losses: Optional[dict] = None  # the two scored losses behind the last hardness gap
 
     def _build(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> HardViewGenerator:
-        norm: dict[str, Any] = {} if mean is None or std is None else dict(channels=len(mean), mean=tuple(mean),
-                                                                         std=tuple(std))
+        norm: dict[str, Any] = {} if mean is None or std is None else dict(channels=len(mean), mean=tuple(mean), std=tuple(std))
         try:
             return HardViewGenerator(**norm, **self.options)
         except ValueError as exc:
             message = str(exc)
             if "eps" in message:
-                message += (" (in [0, 1] pixel units: 1/255 of the 0-255 scale of MMSelfSup's views; "
-                            "0.05 is 12.75 grey levels)")
+                message += " (in [0, 1] pixel units: 1/255 of the 0-255 scale of MMSelfSup's views; 0.05 is 12.75 grey levels)"
             raise ValueError(f"HardViewGeneratorHook: {message}") from None
 
     # ------------------------------------------------------------------ setup
@@ -259,7 +271,8 @@ class HardViewGeneratorHook(Hook):
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
             runner.logger.warning(
                 "HardViewGeneratorHook: set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 so that mmengine can "
-                "resume / load its checkpoint under torch >= 2.6 (only load checkpoints you trust)")
+                "resume / load its checkpoint under torch >= 2.6 (only load checkpoints you trust)"
+            )
 
     def before_train(self, runner) -> None:
         from mmengine.runner import IterBasedTrainLoop
@@ -277,24 +290,30 @@ class HardViewGeneratorHook(Hook):
                 raise ValueError(
                     f"HardViewGeneratorHook(gap_interval={self.gap_interval}): the hardness gap is measured with "
                     f"the exact per-sample scorer, which exists for {', '.join(GAP_ALGORITHMS)}, not "
-                    f"{self.algorithm}: set gap_interval=0")
+                    f"{self.algorithm}: set gap_interval=0"
+                )
             self._gap_selector = HardViewSelector(2, ordered=self.algorithm == "MoCo", seed=0)
         if selection and selection[0].reuse_target and self.generator.enabled:
             runner.logger.warning(
                 "HardViewGeneratorHook: HardViewSelectionHook(reuse_target=True) has no effect with the generator "
-                "(the momentum network runs on the generated views, not the selected ones): drop reuse_target")
+                "(the momentum network runs on the generated views, not the selected ones): drop reuse_target"
+            )
         preprocessor = model.data_preprocessor
         if self._handle is not None:
             self._handle.remove()
         self._handle = preprocessor.register_forward_hook(self._on_preprocess, with_kwargs=True)
         sched = self.generator.schedule
-        eps = (f"eps {sched.eps_end:g}" if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end else
-               f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs")
+        eps = (
+            f"eps {sched.eps_end:g}"
+            if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end
+            else f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs"
+        )
         runner.logger.info(
             f"HardViewGeneratorHook: {self.algorithm}, {eps} ([0, 1] pixel units), "
             f"{'one shared generator' if self.generator.shared else 'a pair of generators'}"
             + (" after HardViewSelectionHook (generates from the selected pair)" if selection else "")
-            + ("" if self.generator.enabled else " -- DISABLED (enabled=False): views pass unchanged"))
+            + ("" if self.generator.enabled else " -- DISABLED (enabled=False): views pass unchanged")
+        )
 
     def _check_pipeline(self, runner, selection: Optional[HardViewSelectionHook]) -> None:
         """A pair of views must reach the algorithm: MultiView num_views sums to 2, or to the
@@ -304,7 +323,8 @@ class HardViewGeneratorHook(Hook):
         if not views:
             runner.logger.warning(
                 "HardViewGeneratorHook: no MultiView transform found in the train pipeline; the pair of "
-                "views is checked on every batch instead")
+                "views is checked on every batch instead"
+            )
             return
         made = list(views[0].num_views)
         have = sum(made)
@@ -314,7 +334,8 @@ class HardViewGeneratorHook(Hook):
                     f"HardViewGeneratorHook generates the pair of views of two-view algorithms; the pipeline's "
                     f"MultiView num_views={made} adds {have - selection.n_views} local crops to the "
                     f"{selection.n_views} candidates (multi-crop): use MultiView num_views={[selection.n_views]} "
-                    "(SwAV: num_crops=[2]), or remove HardViewGeneratorHook")
+                    "(SwAV: num_crops=[2]), or remove HardViewGeneratorHook"
+                )
             return
         if have == 2:
             return
@@ -322,18 +343,21 @@ class HardViewGeneratorHook(Hook):
             raise ValueError(
                 f"HardViewGeneratorHook generates the pair of views of two-view algorithms; SwAV multi-crop "
                 f"(MultiView num_views={made}: 2 global crops and {made[1]} local ones) is not supported: use "
-                "num_crops=[2] in the SwAV loss with MultiView num_views=[2], or remove HardViewGeneratorHook")
+                "num_crops=[2] in the SwAV loss with MultiView num_views=[2], or remove HardViewGeneratorHook"
+            )
         if have < 2:
             raise ValueError(
                 f"HardViewGeneratorHook needs an algorithm that trains on a pair of views (SimCLR, MoCo, BYOL, "
                 f"SimSiam, ...); the train pipeline makes one view per image (MultiView num_views={made}) for "
-                f"{self.algorithm}: remove HardViewGeneratorHook from custom_hooks for this algorithm")
+                f"{self.algorithm}: remove HardViewGeneratorHook from custom_hooks for this algorithm"
+            )
         two = "[1, 1]" if len(made) == 2 else "2"
         raise ValueError(
             f"HardViewGeneratorHook generates the pair of views the algorithm trains on, but the train pipeline "
             f"makes {have} views per image (MultiView num_views={made}) and {self.algorithm} would use only part "
             f"of them: add dict(type='HardViewSelectionHook', n_views={have}) to custom_hooks to select the pair "
-            f"first, or set num_views={two} in MultiView (train_dataloader.dataset.pipeline)")
+            f"first, or set num_views={two} in MultiView (train_dataloader.dataset.pipeline)"
+        )
 
     # ------------------------------------------------------------------ schedule
     def before_train_epoch(self, runner) -> None:
@@ -382,18 +406,29 @@ class HardViewGeneratorHook(Hook):
                 f"HardViewGeneratorHook generates the pair of views of two-view algorithms, but {self.algorithm}'s "
                 f"train_step got {got} from its data preprocessor: use MultiView num_views=2 (or [1, 1]) in the "
                 "train pipeline, add HardViewSelectionHook to select the pair from N candidates, or remove "
-                "HardViewGeneratorHook for this algorithm")
+                "HardViewGeneratorHook for this algorithm"
+            )
         for i, v in enumerate(views):
             if not isinstance(v, torch.Tensor) or v.dim() != 4:
-                raise ValueError(f"HardViewGeneratorHook: view {i} after the data preprocessor is "
-                                 f"{type(v).__name__ if not isinstance(v, torch.Tensor) else list(v.shape)}, "
-                                 "expected an image batch [B, C, H, W]")
+                raise ValueError(
+                    f"HardViewGeneratorHook: view {i} after the data preprocessor is "
+                    f"{type(v).__name__ if not isinstance(v, torch.Tensor) else list(v.shape)}, "
+                    "expected an image batch [B, C, H, W]"
+                )
         raw = data.get("inputs") if isinstance(data, dict) else None
-        if (not self._dtype_warned and isinstance(raw, (list, tuple)) and raw
-                and isinstance(raw[0], torch.Tensor) and raw[0].dtype != torch.uint8):
+        if (
+            not self._dtype_warned
+            and isinstance(raw, (list, tuple))
+            and raw
+            and isinstance(raw[0], torch.Tensor)
+            and raw[0].dtype != torch.uint8
+        ):
             self._dtype_warned = True
-            warnings.warn(f"HardViewGeneratorHook: the raw views are {raw[0].dtype}, not uint8: the budget assumes "
-                          "pixel values on the 0-255 scale (eps in units of 1/255 of it)", stacklevel=2)
+            warnings.warn(
+                f"HardViewGeneratorHook: the raw views are {raw[0].dtype}, not uint8: the budget assumes "
+                "pixel values on the 0-255 scale (eps in units of 1/255 of it)",
+                stacklevel=2,
+            )
 
     def _hardness_gap(self, preprocessor, inputs: list, generated: list) -> float:
         """The algorithm's loss on the generated pair minus on the input pair (exact scorer, no
@@ -414,7 +449,8 @@ class HardViewGeneratorHook(Hook):
             raise RuntimeError(
                 f"HardViewGeneratorHook: {type(_unwrap(runner.model)).__name__}.train_step did not call its "
                 "data_preprocessor(data, training=True) with gradients enabled, so no view was generated: the hook "
-                "needs mmengine's train_step (BaseModel / MMDistributedDataParallel); remove it for this model")
+                "needs mmengine's train_step (BaseModel / MMDistributedDataParallel); remove it for this model"
+            )
         loss = outputs.get("loss") if isinstance(outputs, dict) else None
         loss = loss if isinstance(loss, torch.Tensor) else None
         optim_wrapper = getattr(runner, "optim_wrapper", None)
@@ -449,8 +485,10 @@ class HardViewGeneratorHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
-            runner.logger.warning("HardViewGeneratorHook: the checkpoint has no generator state "
-                                  f"({CHECKPOINT_KEY!r}); the generator starts from its initial weights")
+            runner.logger.warning(
+                "HardViewGeneratorHook: the checkpoint has no generator state "
+                f"({CHECKPOINT_KEY!r}); the generator starts from its initial weights"
+            )
             return
         self.generator.load_state_dict(state)
         if not self._ready:  # runner.load_checkpoint(...) before train(): before_run rebuilds, then loads it

@@ -18,6 +18,7 @@ earlier layer's activations, the network run only up to there; core ``hvs_plugin
 and, for BYOL / MoCo v3 with a per-sample momentum network, ``reuse_target=True`` (``loss()`` reuses
 the selection's momentum outputs of the chosen views; ``target_reuse.py``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -178,8 +179,14 @@ class HardViewSelectionHook(Hook):
         # the core's cost-knob schedule validates probability / start_epoch
         self.schedule = HVSSchedule(every=interval, probability=probability, start_epoch=start_epoch, seed=seed)
         # validates n_views, resolution_scale, chunk_size, autocast_dtype now (config errors early)
-        HardViewSelector(n_views, resolution_scale=resolution_scale, chunk_size=chunk_size,
-                         joint_views=joint_views, autocast_dtype=autocast_dtype, seed=seed)
+        HardViewSelector(
+            n_views,
+            resolution_scale=resolution_scale,
+            chunk_size=chunk_size,
+            joint_views=joint_views,
+            autocast_dtype=autocast_dtype,
+            seed=seed,
+        )
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise ValueError(f"cap must be an int >= 1 (SwAV multi-crop combinations per batch; the paper: 128), got {cap!r}")
         self.proxy, self.cap, self.exact = bool(proxy), cap, bool(exact)
@@ -242,25 +249,35 @@ class HardViewSelectionHook(Hook):
             if self.space is not None:
                 raise ValueError(
                     "score_layer is for two-view selection; SwAV multi-crop combinations are selected with "
-                    "SwAV's own objective: drop score_layer (or the local crops)")
+                    "SwAV's own objective: drop score_layer (or the local crops)"
+                )
             check_score_layer(model, self.score_layer)
         if self.reuse_target:
             self.reuse = TargetReuse(self.algorithm, check_reuse_model(self.algorithm, model, runner))
         self.selector = HardViewSelector(
-            self.n_views, groups=self.groups, ordered=ordered,
-            resolution_scale=self.resolution_scale, chunk_size=self.chunk_size,
-            joint_views=self.joint_views, autocast_dtype=self.autocast_dtype, seed=self.seed,
+            self.n_views,
+            groups=self.groups,
+            ordered=ordered,
+            resolution_scale=self.resolution_scale,
+            chunk_size=self.chunk_size,
+            joint_views=self.joint_views,
+            autocast_dtype=self.autocast_dtype,
+            seed=self.seed,
         )
         if self._pending_state is not None:
             self._load_selector_state(self._pending_state)
             self._pending_state = None
         if self.space is not None:
-            what = (f"{self.n_views} global + {2 * self._swav_n_local} local candidate views, "
-                    f"{'all' if self.exact else min(self.cap, self.space.size)} of {self.space.size} combinations")
+            what = (
+                f"{self.n_views} global + {2 * self._swav_n_local} local candidate views, "
+                f"{'all' if self.exact else min(self.cap, self.space.size)} of {self.space.size} combinations"
+            )
         else:
-            what = (f"{self.n_views} candidate views, {self.selector.pairs.shape[0]} pairs"
-                    + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
-                    + (", ordered (crop 1, crop 2)" if ordered else ""))
+            what = (
+                f"{self.n_views} candidate views, {self.selector.pairs.shape[0]} pairs"
+                + (f" (cross-pipeline, groups {self.groups})" if self.groups else "")
+                + (", ordered (crop 1, crop 2)" if ordered else "")
+            )
         proxy = " (labelled invariance PROXY: no per-sample loss exists)" if self.algorithm in PROXY else ""
         if self.score_layer is not None:
             proxy = f" (APPROXIMATE: cosine distance after {self.score_layer!r})"
@@ -304,8 +321,10 @@ class HardViewSelectionHook(Hook):
         with two (asymmetric) pipelines the candidates are split evenly, so n_views must be even."""
         n, num_views = self.n_views, list(made)
         have = sum(num_views)
-        head = (f"HardViewSelectionHook(n_views={n}) needs {n} candidate views per image, but the train "
-                f"pipeline's MultiView makes num_views={made} (= {have}). ")
+        head = (
+            f"HardViewSelectionHook(n_views={n}) needs {n} candidate views per image, but the train "
+            f"pipeline's MultiView makes num_views={made} (= {have}). "
+        )
         where = "in MultiView (train_dataloader.dataset.pipeline)"
         if len(num_views) != 2:
             return head + f"Set num_views={n} {where}, or n_views={have} in the hook."
@@ -317,11 +336,15 @@ class HardViewSelectionHook(Hook):
             fixes.append(f"n_views={have} in the hook (it matches num_views={made})")
         for even in (n + 1, n - 1):
             if even >= 2 and even != have:
-                fixes.append(f"n_views={even} in the hook with num_views=[{even // 2}, {even // 2}] in MultiView"
-                             + (" (a single pair: nothing to select)" if even == 2 else ""))
-        return (head + "With two pipelines (asymmetric augmentation, e.g. BYOL / MoCo v3) the candidates are "
-                "split evenly between them (num_views=[n_views / 2, n_views / 2]), so n_views must be even "
-                "(the paper: 4): use " + ", or ".join(fixes) + ". MultiView is in train_dataloader.dataset.pipeline.")
+                fixes.append(
+                    f"n_views={even} in the hook with num_views=[{even // 2}, {even // 2}] in MultiView"
+                    + (" (a single pair: nothing to select)" if even == 2 else "")
+                )
+        return (
+            head + "With two pipelines (asymmetric augmentation, e.g. BYOL / MoCo v3) the candidates are "
+            "split evenly between them (num_views=[n_views / 2, n_views / 2]), so n_views must be even "
+            "(the paper: 4): use " + ", or ".join(fixes) + ". MultiView is in train_dataloader.dataset.pipeline."
+        )
 
     def _setup_swav(self, model) -> None:
         """SwAV: two views (``num_crops=[2]``, pairs) or multi-crop (``num_crops=[2, n]``, 2
@@ -341,7 +364,8 @@ class HardViewSelectionHook(Hook):
             raise ValueError(
                 f"HardViewSelectionHook(n_views={self.n_views}) for SwAV with num_crops={num_crops} needs "
                 f"MultiView num_views={want} ({self.n_views} global candidates"
-                + (", 2 candidates per local crop" if n_local else "") + f"), got {num_views}"
+                + (", 2 candidates per local crop" if n_local else "")
+                + f"), got {num_views}"
             )
         self._swav_n_local = n_local
         if n_local:  # even global candidates are crop 1 (queue half 1), odd ones crop 2
@@ -370,7 +394,7 @@ class HardViewSelectionHook(Hook):
         # empty batch, non-tensor views: errors naming the fix
         check_candidate_views(inputs[: self.n_views], self.n_views, modules=[model])
         if self.space is not None:
-            check_candidate_views(inputs[self.n_views:], modules=[model])
+            check_candidate_views(inputs[self.n_views :], modules=[model])
         step = runner.iter if hasattr(runner, "iter") else batch_idx
         if not self.schedule.active(step, getattr(runner, "epoch", 0)):
             self._plain_pair(data_batch, inputs)
@@ -394,8 +418,7 @@ class HardViewSelectionHook(Hook):
                 elif shadow is not None:
                     losses = score_pairs(self.algorithm, model, self.selector, views, target=shadow, keep=keep)
                 else:
-                    losses = score_pairs(self.algorithm, model, self.selector, views,
-                                         simclr_pair_forward=self.simclr_pair_forward)
+                    losses = score_pairs(self.algorithm, model, self.selector, views, simclr_pair_forward=self.simclr_pair_forward)
         except ValueError as exc:
             reason = reason_from_error(exc)
             if reason is None:  # a real error, not an unscorable batch
@@ -432,7 +455,7 @@ class HardViewSelectionHook(Hook):
         """The batch trains on candidate pair 0 (candidates are i.i.d. augmentations, so a plain
         random pair; SwAV multi-crop: and the first candidate of every local crop)."""
         a, b = self.selector.pairs[0].tolist()
-        data_batch["inputs"] = [inputs[a], inputs[b]] + list(inputs[self.n_views:: 2] if self.space else [])
+        data_batch["inputs"] = [inputs[a], inputs[b]] + list(inputs[self.n_views :: 2] if self.space else [])
 
     def _train_unscorable(self, runner, data_batch: dict, inputs: Sequence[torch.Tensor], reason: str) -> None:
         """A batch HVS cannot score: a plain pair, counted (``<prefix>unscorable_batches``, kept in
@@ -450,8 +473,9 @@ class HardViewSelectionHook(Hook):
             runner.logger.warning(
                 f"HardViewSelectionHook: iteration {runner.iter}: cannot score this batch ({reason}); it trains "
                 "on a plain random pair. Such batches are counted as "
-                f"{self.stats_prefix[len('train/'):]}unscorable_batches; use drop_last=True in "
-                "train_dataloader to select on every batch")
+                f"{self.stats_prefix[len('train/') :]}unscorable_batches; use drop_last=True in "
+                "train_dataloader to select on every batch"
+            )
         if self.log_stats:
             # the running count: one value, so the logger's window mean is the count itself
             hub, key = runner.message_hub, self.stats_prefix + "unscorable_batches"
@@ -465,7 +489,7 @@ class HardViewSelectionHook(Hook):
         try:
             with sel.scoring([model]):
                 views = self._preprocess(model, inputs)
-                ce = swav_multicrop_ce(model, sel, views[: self.n_views], views[self.n_views:])
+                ce = swav_multicrop_ce(model, sel, views[: self.n_views], views[self.n_views :])
         except ValueError as exc:
             reason = reason_from_error(exc)
             if reason is None:
@@ -475,7 +499,7 @@ class HardViewSelectionHook(Hook):
         n_fallback = warn_fallbacks(choice.fallback, "combination loss")
         if n_fallback:
             runner.logger.warning(f"HardViewSelectionHook: {n_fallback} samples had no finite combination loss")
-        glob, loc = inputs[: self.n_views], inputs[self.n_views:]
+        glob, loc = inputs[: self.n_views], inputs[self.n_views :]
         data_batch["inputs"] = gather_views(glob, choice.globals_) + gather_views(loc, choice.locals_)
         self.last_selection = choice
         if self.log_stats:
@@ -510,8 +534,11 @@ class HardViewSelectionHook(Hook):
     # ------------------------------------------------------------ checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.selector is not None:
-            checkpoint["hvs_selector"] = {**self.selector.state_dict(), "schedule": self.schedule.state_dict(),
-                                          "unscorable": self.selector.unscorable.state_dict()}
+            checkpoint["hvs_selector"] = {
+                **self.selector.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "unscorable": self.selector.unscorable.state_dict(),
+            }
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get("hvs_selector")

@@ -9,6 +9,7 @@ momentum encoder (BYOL, MoCo v2/v3) and enqueues keys (MoCo v2).
 MMSelfSup keeps a head's loss module at ``head.loss``; MMPretrain at ``head.loss_module``; both
 are handled.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -72,9 +73,7 @@ def _loss_module(head: nn.Module) -> nn.Module:
 def _cosine_factors(head: nn.Module) -> tuple[float, float]:
     loss = _loss_module(head)
     if type(loss).__name__ != "CosineSimilarityLoss":
-        raise NotImplementedError(
-            f"HVS scores {type(head).__name__} with CosineSimilarityLoss only, got {type(loss).__name__}"
-        )
+        raise NotImplementedError(f"HVS scores {type(head).__name__} with CosineSimilarityLoss only, got {type(loss).__name__}")
     return float(loss.shift_factor), float(loss.scale_factor)
 
 
@@ -90,8 +89,7 @@ def _ce_weight(head: nn.Module) -> float:
     )
     if not plain:
         raise NotImplementedError(
-            f"HVS scores {type(head).__name__} with a plain CrossEntropyLoss (softmax, no class "
-            f"weights, reduction='mean'), got {loss!r}"
+            f"HVS scores {type(head).__name__} with a plain CrossEntropyLoss (softmax, no class weights, reduction='mean'), got {loss!r}"
         )
     return float(getattr(loss, "loss_weight", 1.0))
 
@@ -123,8 +121,7 @@ def _simsiam(model, selector: HardViewSelector, views) -> torch.Tensor:
     return shift + scale * negative_cosine_pair_losses(p, z, selector.pairs)
 
 
-def _byol(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None,
-          keep: Optional[dict] = None) -> torch.Tensor:
+def _byol(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None, keep: Optional[dict] = None) -> torch.Tensor:
     shift, scale = _cosine_factors(model.head)
     target = model.target_net if target is None else target  # target_reuse: the post-update shadow
 
@@ -148,14 +145,17 @@ def _moco(model, selector: HardViewSelector, views) -> torch.Tensor:
     q, k = selector.forward_views(forward, views, selector.n_views)
     # query from view a (first column), key from view b; negatives: the queue (read only)
     losses = ntxent_pair_losses(
-        q, selector.pairs, temperature=float(model.head.temperature), keys=k,
-        memory_bank=model.queue.detach().t(), symmetric=False,
+        q,
+        selector.pairs,
+        temperature=float(model.head.temperature),
+        keys=k,
+        memory_bank=model.queue.detach().t(),
+        symmetric=False,
     )
     return weight * losses
 
 
-def _mocov3(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None,
-            keep: Optional[dict] = None) -> torch.Tensor:
+def _mocov3(model, selector: HardViewSelector, views, target: Optional[nn.Module] = None, keep: Optional[dict] = None) -> torch.Tensor:
     weight = _ce_weight(model.head)
     temperature = float(model.head.temperature)
     target = model.momentum_encoder if target is None else target  # target_reuse: the post-update shadow
@@ -190,9 +190,7 @@ def _simclr(model, selector: HardViewSelector, views, pair_forward: bool = True)
     if not pair_forward:  # approximation: each view is its own BatchNorm batch
         (z,) = selector.forward_views(embed, views, selector.n_views)
         z_all, offset = _gather_rows(z, dim=1)
-        return weight * ntxent_pair_losses(
-            z, selector.pairs, temperature=temperature, all_embeddings=z_all, offset=offset
-        )
+        return weight * ntxent_pair_losses(z, selector.pairs, temperature=temperature, all_embeddings=z_all, offset=offset)
     # exact: SimCLR forwards the two views of a pair as ONE BatchNorm batch (interleaved, 2M),
     # so every pair gets its own joint forward (P forwards of 2M views)
     one = torch.tensor([[0, 1]])
@@ -234,9 +232,7 @@ SCORERS: dict[str, Callable] = {
 }
 
 
-def score_pairs(
-    name: str, model: nn.Module, selector: HardViewSelector, views: Sequence[torch.Tensor], **options
-) -> torch.Tensor:
+def score_pairs(name: str, model: nn.Module, selector: HardViewSelector, views: Sequence[torch.Tensor], **options) -> torch.Tensor:
     """``[P, M]`` per-sample losses of every pair in ``selector.pairs``. Call inside
     ``selector.scoring([model])`` (no grad, state preserved)."""
     views = list(views)
@@ -286,8 +282,7 @@ def check_score_layer(model: nn.Module, name: str) -> str:
     return name
 
 
-def layer_pair_losses(model: nn.Module, selector: HardViewSelector, views: Sequence[torch.Tensor],
-                      name: str) -> torch.Tensor:
+def layer_pair_losses(model: nn.Module, selector: HardViewSelector, views: Sequence[torch.Tensor], name: str) -> torch.Tensor:
     """APPROXIMATE ``[P, M]``: ``1 - cos`` of the online activations after ``model.<name>`` of every
     pair, the network run only up to there (call inside ``selector.scoring([model])``)."""
     run = layer_forward(online_forward(model), model, name)

@@ -19,6 +19,7 @@ What "exact" means (the Sinkhorn codes and the host's BatchNorm couple the sampl
   approximates ``loss()`` (exact as well where normalisation is per sample, e.g. BatchNorm in eval
   mode). Other candidate counts: one forward of all global and one of all local candidates.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,8 +41,7 @@ def swav_loss_module(model: nn.Module) -> nn.Module:
         raise NotImplementedError(f"HVS scores SwAV with its SwAVLoss head only, got {type(loss).__name__}")
     if not isinstance(loss.prototypes, nn.Linear):
         raise NotImplementedError(
-            "HVS scores SwAV with one prototype layer (num_prototypes: int); MultiPrototypes (a list) "
-            "is not supported"
+            "HVS scores SwAV with one prototype layer (num_prototypes: int); MultiPrototypes (a list) is not supported"
         )
     if list(loss.crops_for_assign) != [0, 1]:
         raise NotImplementedError(f"HVS scores SwAV with crops_for_assign=[0, 1], got {loss.crops_for_assign}")
@@ -135,7 +135,7 @@ def swav_multicrop_ce(
     if len(g) % 2 == 0 and n_local and len(lo) == parts * n_local:
         # batches of the host's own size: forward k holds globals (2k, 2k+1) and locals
         # k·n..(k+1)·n, as loss() forwards one combination (that combination is then exact)
-        groups = [(g[2 * k: 2 * k + 2], lo[k * n_local:(k + 1) * n_local]) for k in range(parts)]
+        groups = [(g[2 * k : 2 * k + 2], lo[k * n_local : (k + 1) * n_local]) for k in range(parts)]
     else:  # all global candidates as one batch, all local ones as another
         groups = [(g, lo)]
     logits_g, logits_l = [], []
@@ -144,7 +144,7 @@ def swav_multicrop_ce(
             emb = sc.embed([torch.cat(gs)] + ([torch.cat(ls)] if ls else [])).float()
             out = sc.logits(emb).reshape(len(gs) + len(ls), m, -1)
             logits_g.append(out[: len(gs)])
-            logits_l.append(out[len(gs):])
+            logits_l.append(out[len(gs) :])
     logits = torch.cat(logits_g + logits_l)  # [G+L, M, K]: globals in order, then locals in order
     codes = swav_codes(logits[: len(g)], sc.sinkhorn(m), sc.queue_scores())
     return swav_cross_entropy(codes, logits, sc.temperature)

@@ -17,6 +17,7 @@ LayerNorm networks, or one kept in eval mode), the selection at full resolution 
 views the step trains on. Anything else is refused with the reason (:func:`check_reuse_options`,
 :func:`check_reuse_model`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,23 +34,26 @@ from hvs_plugins.per_sample import per_sample_violations
 MOMENTUM_NETWORK = {"BYOL": "target_net", "MoCoV3": "momentum_encoder"}
 
 
-def check_reuse_options(score_layer: Optional[str], proxy: bool, resolution_scale: float,
-                        autocast_dtype: Optional[torch.dtype]) -> None:
+def check_reuse_options(score_layer: Optional[str], proxy: bool, resolution_scale: float, autocast_dtype: Optional[torch.dtype]) -> None:
     """At construction: options under which the selection's momentum outputs are not the step's."""
     if score_layer is not None:
-        raise ValueError("reuse_target=True cannot be combined with score_layer: layer scoring never runs the "
-                         "momentum network, so there is nothing to reuse. Drop one of them.")
+        raise ValueError(
+            "reuse_target=True cannot be combined with score_layer: layer scoring never runs the "
+            "momentum network, so there is nothing to reuse. Drop one of them."
+        )
     if proxy:
         raise ValueError("reuse_target=True is for BYOL and MoCoV3 (exact scoring), not with proxy=True: drop one")
     if resolution_scale != 1.0:
         raise ValueError(
             f"reuse_target=True needs selection at full resolution (resolution_scale=1.0, got {resolution_scale}): "
             "momentum outputs of downscaled views are not those of the training views. Drop reuse_target or "
-            "the resolution scale.")
+            "the resolution scale."
+        )
     if autocast_dtype is not None:
         raise ValueError(
             f"reuse_target=True needs the selection forward in float32 (autocast_dtype=None, got {autocast_dtype}): "
-            "low-precision momentum outputs are not those the training step computes. Drop one of them.")
+            "low-precision momentum outputs are not those the training step computes. Drop one of them."
+        )
 
 
 def check_reuse_model(algorithm: str, model: nn.Module, runner: Optional[object] = None) -> nn.Module:
@@ -58,19 +62,25 @@ def check_reuse_model(algorithm: str, model: nn.Module, runner: Optional[object]
     if algorithm not in MOMENTUM_NETWORK:
         raise ValueError(
             f"reuse_target=True is for BYOL and MoCoV3 (loss() forwards both chosen views through a momentum "
-            f"network); {algorithm} has no such forward to skip: drop reuse_target")
+            f"network); {algorithm} has no such forward to skip: drop reuse_target"
+        )
     target = getattr(model, MOMENTUM_NETWORK[algorithm], None)
-    if not (isinstance(target, nn.Module) and callable(getattr(target, "update_parameters", None))
-            and isinstance(getattr(target, "steps", None), torch.Tensor)):
+    if not (
+        isinstance(target, nn.Module)
+        and callable(getattr(target, "update_parameters", None))
+        and isinstance(getattr(target, "steps", None), torch.Tensor)
+    ):
         raise ValueError(
             f"reuse_target=True needs {algorithm}.{MOMENTUM_NETWORK[algorithm]} to be an mmengine averaged model "
-            f"(update_parameters, steps), got {type(target).__name__}: drop reuse_target")
+            f"(update_parameters, steps), got {type(target).__name__}: drop reuse_target"
+        )
     wrapper = getattr(runner, "optim_wrapper", None) if runner is not None else None
     kind = str(wrapper.get("type", "")) if isinstance(wrapper, dict) else type(wrapper).__name__
     if "Amp" in kind:  # an AmpOptimWrapper, built or still a config dict
         raise ValueError(
             f"reuse_target=True with {kind}: the training step runs the momentum network under "
-            "autocast, the selection in float32, so their outputs differ. Drop reuse_target (or AMP).")
+            "autocast, the selection in float32, so their outputs differ. Drop reuse_target (or AMP)."
+        )
     bad = per_sample_violations(target)
     if bad:
         raise ValueError(
@@ -79,7 +89,8 @@ def check_reuse_model(algorithm: str, model: nn.Module, runner: Optional[object]
             f"batch or the RNG in train mode: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. The selection "
             "forwards other batches (all candidates) than the training step, so its outputs are not the step's. "
             "Drop reuse_target (standard ResNet + BatchNorm-neck configs), or use a momentum network without "
-            "BatchNorm / dropout (e.g. GroupNorm / LayerNorm) or kept in eval mode.")
+            "BatchNorm / dropout (e.g. GroupNorm / LayerNorm) or kept in eval mode."
+        )
     return target
 
 
@@ -110,7 +121,8 @@ class TargetReuse:
         if bad:
             raise ValueError(
                 f"reuse_target=True: the momentum network is now in train mode with {', '.join(bad[:4])} (batch- or "
-                "RNG-dependent outputs), so reuse would not be exact. Drop reuse_target or keep it in eval mode.")
+                "RNG-dependent outputs), so reuse would not be exact. Drop reuse_target or keep it in eval mode."
+            )
         for s, t in zip(self.shadow.modules(), self.target.modules()):
             s.training = t.training
         with torch.no_grad():
@@ -118,8 +130,7 @@ class TargetReuse:
             self.shadow.update_parameters(nn.Sequential(model.backbone, model.neck))
         return self.shadow
 
-    def cache(self, chosen_inputs: tuple[torch.Tensor, torch.Tensor], outputs: torch.Tensor,
-              chosen: torch.Tensor) -> None:
+    def cache(self, chosen_inputs: tuple[torch.Tensor, torch.Tensor], outputs: torch.Tensor, chosen: torch.Tensor) -> None:
         """``chosen_inputs``: the preprocessed chosen views ``([M, C, H, W], [M, C, H, W])`` (what
         loss() will get); ``outputs: [N, M, D]`` the shadow's outputs of all N candidates;
         ``chosen: [M, 2]`` candidate indices. Installs the forward."""
@@ -134,8 +145,13 @@ class TargetReuse:
             if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
                 x = args[0]
                 for slot in self._slots:
-                    if (not slot["used"] and x.shape == slot["x"].shape and x.device == slot["x"].device
-                            and torch.equal(x, slot["x"]) and self._weights_match()):
+                    if (
+                        not slot["used"]
+                        and x.shape == slot["x"].shape
+                        and x.device == slot["x"].device
+                        and torch.equal(x, slot["x"])
+                        and self._weights_match()
+                    ):
                         slot["used"] = True
                         self.hits += 1
                         return (slot["out"].to(x.device),)  # the neck's output layout: a 1-tuple

@@ -16,6 +16,7 @@ or keep running ``python main_pretrain.py`` and declare the Hydra callback in th
 
 Importing this package does not import solo-learn (it is imported only by the launcher).
 """
+
 from .config import (
     EXACT_METHODS,
     GENERATOR_KEYS,
@@ -41,9 +42,24 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "EXACT_METHODS", "KEYS", "PROXY_METHODS", "HVSConfig", "check_method", "parse_hvs_config",
-    "GENERATOR_KEYS", "check_generator_method", "parse_generator_block",
-    "CandidateLayout", "candidate_layout", "expanded_num_crops", "HVSMethodMixin", "make_hvs_method",
-    "HVSMethods", "expand_cfg_for_hvs", "finish_cfg_for_hvs", "hvs_parse_cfg", "patch_main_globals",
+    "EXACT_METHODS",
+    "KEYS",
+    "PROXY_METHODS",
+    "HVSConfig",
+    "check_method",
+    "parse_hvs_config",
+    "GENERATOR_KEYS",
+    "check_generator_method",
+    "parse_generator_block",
+    "CandidateLayout",
+    "candidate_layout",
+    "expanded_num_crops",
+    "HVSMethodMixin",
+    "make_hvs_method",
+    "HVSMethods",
+    "expand_cfg_for_hvs",
+    "finish_cfg_for_hvs",
+    "hvs_parse_cfg",
+    "patch_main_globals",
     "HVSHydraCallback",
 ]

@@ -25,6 +25,7 @@ not the way to turn selection off. The generator makes the two large crops harde
 crops of DINO / SwAV multi-crop pass unchanged. Normalisation: solo-learn's own (``data.dataset``'s
 mean/std, or ``augmentations[*].mean`` / ``std`` for other data sets, else ImageNet's).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -37,8 +38,19 @@ from hvs_plugins.generator import EpsSchedule, HardViewGenerator, _check_eps
 
 # Methods whose exact per-sample loss the adapter computes from the method's own modules.
 EXACT_METHODS = (
-    "simsiam", "simclr", "byol", "mocov2plus", "mocov3", "dino", "nnclr", "nnsiam",
-    "nnbyol", "ressl", "supcon", "deepclusterv2", "swav",
+    "simsiam",
+    "simclr",
+    "byol",
+    "mocov2plus",
+    "mocov3",
+    "dino",
+    "nnclr",
+    "nnsiam",
+    "nnbyol",
+    "ressl",
+    "supcon",
+    "deepclusterv2",
+    "swav",
 )
 # Methods whose loss is not sample-decomposable: only a labelled proxy (``hvs.proxy: true``).
 PROXY_METHODS = ("barlow_twins", "vicreg", "vibcreg", "wmse")
@@ -215,8 +227,11 @@ def parse_generator_block(block: Any) -> Optional[dict]:
             raise ValueError(f"hvs.generator.weight_decay must be a number >= 0, got {v!r}")
     if "betas" in g:
         b = g["betas"]
-        if (not isinstance(b, (list, tuple)) or len(b) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
+        if (
+            not isinstance(b, (list, tuple))
+            or len(b) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)
+        ):
             raise ValueError(f"hvs.generator.betas must be two numbers in [0, 1) such as [0.9, 0.999], got {b!r}")
         g["betas"] = [float(x) for x in b]
     return g
@@ -265,8 +280,7 @@ def parse_hvs_config(block: Any) -> HVSConfig:
     raw = {k: v for k, v in _to_dict(block).items() if not str(k).startswith("_")}
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), KEYS, 1)) else repr(k)
-                 for k in unknown]
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), KEYS, 1)) else repr(k) for k in unknown]
         raise ValueError(f"unknown hvs key(s) {unknown}: {', '.join(hints)}; valid keys: {list(KEYS)}")
     d = HVSConfig().as_dict()
     d.update(raw)
@@ -285,10 +299,7 @@ def parse_hvs_config(block: Any) -> HVSConfig:
         d[name] = _bool(name, d[name])
     scale = d["resolution_scale"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-        raise ValueError(
-            f"hvs.resolution_scale must be in (0, 1], got {scale!r}: 1.0 selects at full resolution, "
-            "0.5 at half"
-        )
+        raise ValueError(f"hvs.resolution_scale must be in (0, 1], got {scale!r}: 1.0 selects at full resolution, 0.5 at half")
     d["resolution_scale"] = float(scale)
     if d["global_pairing"] not in (None, "cross", "any"):
         raise ValueError(f"hvs.global_pairing must be null, 'cross' or 'any', got {d['global_pairing']!r}")
@@ -331,8 +342,7 @@ def check_method(method: str, hvs: HVSConfig) -> str:
         return "proxy"
     if method in REFUSED_METHODS:
         raise ValueError(
-            f"HVS does not support solo-learn method {method!r}: {REFUSED_METHODS[method]}. Remove the "
-            "hvs block to train it without HVS."
+            f"HVS does not support solo-learn method {method!r}: {REFUSED_METHODS[method]}. Remove the hvs block to train it without HVS."
         )
     raise ValueError(
         f"HVS does not support solo-learn method {method!r}; supported: {list(EXACT_METHODS)} "

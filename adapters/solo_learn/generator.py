@@ -8,6 +8,7 @@ crops of every training batch (after the selection, if any); see its docstring f
 This module imports solo-learn only to read the normalisation of its pipelines (with a copy of
 solo-learn 1.0.6's table as the fallback).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence

@@ -9,6 +9,7 @@ Before the job starts, Hydra hands the callback the task function (solo-learn's 
 callback patches that function's module globals (``parse_cfg``, ``METHODS``) exactly as the
 launcher does.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -8,6 +8,7 @@ The script is loaded from the user's solo-learn checkout (it is not part of the 
 package), its ``parse_cfg`` / ``METHODS`` globals are patched (:func:`patch_main_globals`), and its
 ``main()`` is called. A config without ``hvs`` trains exactly as without the launcher.
 """
+
 from __future__ import annotations
 
 import importlib.util

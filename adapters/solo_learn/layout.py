@@ -8,6 +8,7 @@ wrapper hands 2 (plus the small crops) to the method.
 
 Pure python: ``augmentations`` is any sequence of mappings with ``crop_size`` and ``num_crops``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,8 +96,7 @@ def candidate_layout(augmentations: Sequence[Any], n_views: int, small_candidate
         groups = (tuple(range(a)), tuple(range(a, n_views)))
     elif len(large_pipes) > 2:
         raise ValueError(
-            f"{len(large_pipes)} large pipelines: HVS supports one (symmetric) or two (asymmetric) "
-            "large augmentation pipelines"
+            f"{len(large_pipes)} large pipelines: HVS supports one (symmetric) or two (asymmetric) large augmentation pipelines"
         )
     n_small_cand = sum(n for n, is_large in zip(nums, large) if not is_large)
     if small_candidates and n_small_cand % 2:

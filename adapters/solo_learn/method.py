@@ -23,6 +23,7 @@ This module does not import solo-learn: the wrapper reads the method's attribute
 ``momentum_forward``, ``queue``, ``find_nn``, ``dino_loss_func``, ...), so it can be unit-tested
 with a stand-in class.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -192,17 +193,15 @@ class HVSMethodMixin:
             groups=layout.groups,
             # crop 1 and crop 2 meet different queue halves (MoCo v2+, SwAV) or roles (ReSSL: query
             # of crop 1, key of crop 2); two pipelines already fix which candidate is crop 1
-            ordered=(method == "mocov2plus") or (method in ("ressl", "swav") and layout.groups is None
-                                                 and (method == "ressl" or swav_slots)),
+            ordered=(method == "mocov2plus")
+            or (method in ("ressl", "swav") and layout.groups is None and (method == "ressl" or swav_slots)),
             resolution_scale=hvs.resolution_scale,
             chunk_size=hvs.chunk_size,
             joint_views=hvs.joint_views,
             autocast_dtype=hvs.autocast_dtype,
             seed=hvs.seed,
         )
-        self.hvs_schedule = HVSSchedule(
-            every=hvs.every, probability=hvs.probability, start_epoch=hvs.start_epoch, seed=hvs.seed
-        )
+        self.hvs_schedule = HVSSchedule(every=hvs.every, probability=hvs.probability, start_epoch=hvs.start_epoch, seed=hvs.seed)
         if method in MULTICROP_METHODS and layout.n_small:
             pairing = hvs.global_pairing or ("cross" if layout.groups or swav_slots else "any")
             if pairing == "any" and swav_slots:
@@ -215,9 +214,7 @@ class HVSMethodMixin:
                 pass  # one pipeline: its i.i.d. candidates alternate crop 1 / crop 2 as they come
             elif pairing == "cross":
                 if not layout.groups:
-                    raise ValueError(
-                        "hvs.global_pairing 'cross' needs two large (global) pipelines; with one use 'any'"
-                    )
+                    raise ValueError("hvs.global_pairing 'cross' needs two large (global) pipelines; with one use 'any'")
                 g0, g1 = layout.groups
                 if len(g0) != len(g1):
                     raise ValueError(f"the two global pipelines give {len(g0)} and {len(g1)} candidates")
@@ -233,8 +230,10 @@ class HVSMethodMixin:
                 self.dino_loss_func.num_large_crops = 2 + layout.n_small
         if hvs.score_layer is not None:  # APPROXIMATE layer scoring (two-view methods)
             if self.hvs_space is not None:
-                raise ValueError(f"hvs.score_layer is for two-view selection, not {method!r} multi-crop "
-                                 "combinations: remove score_layer (or the small crops)")
+                raise ValueError(
+                    f"hvs.score_layer is for two-view selection, not {method!r} multi-crop "
+                    "combinations: remove score_layer (or the small crops)"
+                )
             resolve_layer(self, hvs.score_layer)  # unknown name: an error listing the valid ones, now
             self.hvs_mode = "approximate"
         if hvs.reuse_target:  # refused at setup wherever reuse would not be exact
@@ -298,12 +297,17 @@ class HVSMethodMixin:
         if not getattr(self, "_hvs_gen_announced", False):
             self._hvs_gen_announced = True
             sched = gen.schedule
-            eps = (f"eps {sched.eps_end:g}" if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end else
-                   f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs")
+            eps = (
+                f"eps {sched.eps_end:g}"
+                if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end
+                else f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs"
+            )
             small = f" (the {len(crops) - 2} small crops pass unchanged)" if len(crops) > 2 else ""
-            print(f"[hvs] first generation by {type(self).__name__}: the 2 large crops of {len(crops)}{small}, {eps} "
-                  f"([0, 1] pixel units), {'one shared generator' if gen.shared else 'a pair of generators'}"
-                  + (" after the selection" if self.hvs_selector is not None else " (no selection)"))
+            print(
+                f"[hvs] first generation by {type(self).__name__}: the 2 large crops of {len(crops)}{small}, {eps} "
+                f"([0, 1] pixel units), {'one shared generator' if gen.shared else 'a pair of generators'}"
+                + (" after the selection" if self.hvs_selector is not None else " (no selection)")
+            )
         view_a, view_b = gen(crops[0], crops[1])
         self._hvs_gen_calls += 1
         stats: dict = {"hvs_gen/eps": float(gen.eps)}
@@ -408,7 +412,7 @@ class HVSMethodMixin:
             )
         # empty batch, non-tensor crops: errors naming the fix (1 sample under BatchNorm: see below)
         large = check_candidate_views(list(X[: layout.n_views]), layout.n_views, self.hvs_scoring_modules())
-        small = check_candidate_views(list(X[layout.n_views:]), modules=self.hvs_scoring_modules()) if layout.n_small_candidates else []
+        small = check_candidate_views(list(X[layout.n_views :]), modules=self.hvs_scoring_modules()) if layout.n_small_candidates else []
         if not getattr(self, "_hvs_announced", False):
             self._hvs_announced = True
             print(
@@ -591,8 +595,7 @@ class HVSMethodMixin:
         sk = getattr(self, "sk", None)
         if sk is None:
             raise RuntimeError(
-                "SwAV's Sinkhorn-Knopp (self.sk) is made in on_train_start: select inside a Trainer run, "
-                "or call on_train_start() first"
+                "SwAV's Sinkhorn-Knopp (self.sk) is made in on_train_start: select inside a Trainer run, or call on_train_start() first"
             )
         return sk
 
@@ -635,13 +638,15 @@ class HVSMethodMixin:
             finite = torch.isfinite(choice.candidate_losses)
             selected = float(choice.losses.mean())
             compared = float(choice.candidate_losses[finite].mean()) if bool(finite.any()) else float("nan")
-            self._hvs_log({
-                "hvs/selected_loss": selected,
-                "hvs/pair_loss": compared,  # mean over the compared combinations (exact: best per global pair)
-                "hvs/hardness_gap": selected - compared,
-                "hvs/fallbacks": float(choice.fallback.sum()),
-                "hvs/combinations": float(choice.n_evaluated),
-            })
+            self._hvs_log(
+                {
+                    "hvs/selected_loss": selected,
+                    "hvs/pair_loss": compared,  # mean over the compared combinations (exact: best per global pair)
+                    "hvs/hardness_gap": selected - compared,
+                    "hvs/fallbacks": float(choice.fallback.sum()),
+                    "hvs/combinations": float(choice.n_evaluated),
+                }
+            )
         return [view_a, view_b] + locals_
 
     def _hvs_multicrop_ce(self, glob: list[torch.Tensor], small: list[torch.Tensor]) -> torch.Tensor:
@@ -698,11 +703,16 @@ class HVSMethodMixin:
         if GENERATOR_KEY in checkpoint and self.hvs_generator is not None:
             self.hvs_generator.load_state_dict(checkpoint[GENERATOR_KEY])
         elif GENERATOR_KEY in checkpoint:
-            warnings.warn("the checkpoint holds a hard-view generator (hvs_generator) but the config has no "
-                          "hvs.generator: the generator is not restored", stacklevel=2)
+            warnings.warn(
+                "the checkpoint holds a hard-view generator (hvs_generator) but the config has no "
+                "hvs.generator: the generator is not restored",
+                stacklevel=2,
+            )
         elif self.hvs_generator is not None and "state_dict" in checkpoint:
-            warnings.warn("the checkpoint holds no hard-view generator (saved without hvs.generator): the generator "
-                          "starts from its initial weights", stacklevel=2)
+            warnings.warn(
+                "the checkpoint holds no hard-view generator (saved without hvs.generator): the generator starts from its initial weights",
+                stacklevel=2,
+            )
 
 
 # what solo-learn's BaseMethod / BaseMomentumMethod log for their online classifiers (added to the step's loss)
@@ -760,10 +770,17 @@ def make_hvs_method(cls: type) -> type:
     """The HVS version of a solo-learn method class (cached: one subclass per class)."""
     if issubclass(cls, HVSMethodMixin):
         return cls
-    return type(f"HVS{cls.__name__}", (HVSMethodMixin, cls), {"__module__": __name__, "__doc__": (
-        f"{cls.__name__} with Hard View Selection (hvs_plugins): training_step receives the "
-        "candidate crops and trains on the hardest pair per sample."
-    )})
+    return type(
+        f"HVS{cls.__name__}",
+        (HVSMethodMixin, cls),
+        {
+            "__module__": __name__,
+            "__doc__": (
+                f"{cls.__name__} with Hard View Selection (hvs_plugins): training_step receives the "
+                "candidate crops and trains on the hardest pair per sample."
+            ),
+        },
+    )
 
 
 def __getattr__(name: str) -> type:

@@ -11,6 +11,7 @@ The learned hard-view generator without selection (``hvs: {enabled: false, gener
 keeps solo-learn's crops as they are (2 large crops, its small crops) and only points ``METHODS``
 at the wrapped classes, whose ``training_step`` runs the generator on the two large crops.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

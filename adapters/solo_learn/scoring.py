@@ -5,6 +5,7 @@ mean over samples equals solo-learn's loss on that pair with view ``pairs[p, 0]`
 ``pairs[p, 1]`` as crop 2 (the exactness the integration tests check against solo-learn's own
 loss functions).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -73,9 +74,7 @@ def nnclr_pair_losses(
     return 0.5 * (ce[a, b] + ce[b, a])
 
 
-def mocov2plus_pair_losses(
-    q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor, queue: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def mocov2plus_pair_losses(q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """solo-learn MoCo v2+: ``½·(CE(q_a, k_b; queue[1]) + CE(q_b, k_a; queue[0]))`` per sample.
     ``queue: [2, D, K]`` (read only): crop 1's loss uses the second half, crop 2's the first, so the
     pair is ordered (score ordered pairs)."""
@@ -87,8 +86,12 @@ def mocov2plus_pair_losses(
 
 
 def ressl_pair_losses(
-    q: torch.Tensor, k: torch.Tensor, pairs: torch.Tensor, queue: torch.Tensor,
-    temperature_q: float, temperature_k: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    pairs: torch.Tensor,
+    queue: torch.Tensor,
+    temperature_q: float,
+    temperature_k: float,
 ) -> torch.Tensor:
     """solo-learn ReSSL: ``−Σ softmax(k_b·queue/τ_k) · log_softmax(q_a·queue/τ_q)`` per sample
     (query of crop 1 = view a, momentum key of crop 2 = view b: ordered pairs). ``q, k: [N, M, D]``
@@ -135,9 +138,7 @@ def supcon_pair_losses(
     return 0.5 * (ce[a, b] + ce[b, a])
 
 
-def deepclusterv2_pair_losses(
-    logits: torch.Tensor, assignments: torch.Tensor, pairs: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def deepclusterv2_pair_losses(logits: torch.Tensor, assignments: torch.Tensor, pairs: torch.Tensor, temperature: float) -> torch.Tensor:
     """solo-learn DeepClusterV2 per sample: the mean over prototype heads of
     ``½·(CE(logits_a/τ, y) + CE(logits_b/τ, y))`` with ``y`` the sample's k-means assignment.
     ``logits: [N, M, H, C]`` (heads' prototype scores), ``assignments: [H, M]`` (−1: none yet;

@@ -17,6 +17,7 @@ runs other modules) and for buffers it wrote (skipping its second forward would 
 
 This module does not import solo-learn.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,22 +37,23 @@ _FIX = "set hvs.reuse_target: false (the default)"
 def check_reuse_config(method: str, hvs: HVSConfig) -> None:
     """Setup: refuse settings under which the selection's momentum outputs are not the step's."""
     if method not in REUSE_METHODS:
-        raise ValueError(
-            f"hvs.reuse_target is implemented for solo-learn's momentum methods {list(REUSE_METHODS)}, not "
-            f"{method!r}: {_FIX}")
+        raise ValueError(f"hvs.reuse_target is implemented for solo-learn's momentum methods {list(REUSE_METHODS)}, not {method!r}: {_FIX}")
     if hvs.resolution_scale != 1.0:
         raise ValueError(
             f"hvs.reuse_target needs selection at full resolution (hvs.resolution_scale: 1.0, got "
             f"{hvs.resolution_scale}): momentum outputs of downscaled views are not the ones the training step "
-            f"computes. Set hvs.resolution_scale: 1.0 or {_FIX}")
+            f"computes. Set hvs.resolution_scale: 1.0 or {_FIX}"
+        )
     if hvs.score_layer is not None:
         raise ValueError(
             f"hvs.reuse_target cannot be combined with hvs.score_layer ({hvs.score_layer!r}): layer scoring does "
-            f"not run the momentum network. Remove score_layer or {_FIX}")
+            f"not run the momentum network. Remove score_layer or {_FIX}"
+        )
     if hvs.autocast is not None:
         raise ValueError(
             f"hvs.reuse_target cannot be combined with hvs.autocast ({hvs.autocast!r}): the selection's "
-            f"low-precision momentum outputs differ from the training step's. Remove autocast or {_FIX}")
+            f"low-precision momentum outputs differ from the training step's. Remove autocast or {_FIX}"
+        )
 
 
 def _refuse(found: list[str], when: str) -> None:
@@ -63,13 +65,13 @@ def _refuse(found: list[str], when: str) -> None:
     for item in found:  # "momentum_projector has BatchNorm1d in train mode (momentum_projector.1)"
         where, why = item[:-1].split(" (", 1)
         tops.setdefault((where.split(".")[0], why.split(",")[0]), []).append(where)
-    parts = [f"{top} has {kind} in train mode ({', '.join(w[:3])}{', ...' if len(w) > 3 else ''})"
-             for (top, kind), w in tops.items()]
+    parts = [f"{top} has {kind} in train mode ({', '.join(w[:3])}{', ...' if len(w) > 3 else ''})" for (top, kind), w in tops.items()]
     raise ValueError(
         f"hvs.reuse_target needs momentum networks whose output per sample depends neither on the rest of the "
         f"batch nor on the RNG, so that the selection's momentum outputs equal the training step's; {when}: "
         f"{'; '.join(parts)}. {_FIX[0].upper() + _FIX[1:]}, or use momentum networks without BatchNorm / dropout / "
-        "drop-path in train mode (e.g. LayerNorm instead of BatchNorm1d in the projectors)")
+        "drop-path in train mode (e.g. LayerNorm instead of BatchNorm1d in the projectors)"
+    )
 
 
 def momentum_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -82,9 +84,12 @@ def check_momentum_networks(model: nn.Module, when: str = "in the method's momen
     """Refuse momentum networks that couple samples or draw random numbers in train mode (at
     setup, and again at each reusing selection: Lightning's ``train()`` may have flipped modes, and
     fused attention applies its dropout without calling the dropout module)."""
-    found = [f"{top}.{n} ({why})" if n else f"{top} ({why})"
-             for top, net in momentum_modules(model) for n, m in net.named_modules()
-             if (why := breaks_per_sample(m)) is not None]
+    found = [
+        f"{top}.{n} ({why})" if n else f"{top} ({why})"
+        for top, net in momentum_modules(model)
+        for n, m in net.named_modules()
+        if (why := breaks_per_sample(m)) is not None
+    ]
     _refuse(found, when)
 
 
@@ -109,13 +114,12 @@ class MomentumRecorder:
         if wrote:
             raise ValueError(
                 f"hvs.reuse_target: the momentum forward writes buffers ({wrote[:4]}), so skipping it in the training "
-                f"step would change the training state; {_FIX}")
+                f"step would change the training state; {_FIX}"
+            )
         keys = tuple(out)
-        bad = [k for k in keys if not (isinstance(out[k], torch.Tensor) and out[k].dim() >= 1
-                                       and out[k].shape[0] == x.shape[0])]
+        bad = [k for k in keys if not (isinstance(out[k], torch.Tensor) and out[k].dim() >= 1 and out[k].shape[0] == x.shape[0])]
         if bad:
-            raise ValueError(
-                f"hvs.reuse_target needs momentum_forward to return per-sample tensors [B, ...]; {bad} are not: {_FIX}")
+            raise ValueError(f"hvs.reuse_target needs momentum_forward to return per-sample tensors [B, ...]; {bad} are not: {_FIX}")
         if self.keys is None:
             self.keys, self.dtypes = keys, {k: out[k].dtype for k in keys}
         elif keys != self.keys:

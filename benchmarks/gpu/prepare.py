@@ -9,6 +9,7 @@ dependencies: the list names every missing one). A package published as source o
 antlr4-python3-runtime 4.9.3) is built into a wheel here; only pure-Python builds
 (``py3-none-any``) are kept, since a compiled build for this machine would not run there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,7 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 
 
 def requirements(path: Path = HERE / "packages.txt") -> list[str]:
@@ -45,8 +45,21 @@ def wheel_name(path: Path) -> tuple[str, str]:
 
 
 def download_cmd(req: str, dest: Path, python_version: str) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-           python_version, "--implementation", "cp", "-d", str(dest), req]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "-d",
+        str(dest),
+        req,
+    ]
     for p in PLATFORMS:
         cmd[4:4] = ["--platform", p]
     return cmd
@@ -84,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if not wheels[0].name.endswith("-py3-none-any.whl") and "-py2.py3-none-any" not in wheels[0].name:
             wheels[0].unlink()
-            print(f"FAILED {req}: the source build is not pure Python ({wheels[0].name}); it would not run on the device",
-                  file=sys.stderr)
+            print(f"FAILED {req}: the source build is not pure Python ({wheels[0].name}); it would not run on the device", file=sys.stderr)
             return 1
         print(f"built {req} -> {wheels[0].name}")
     if a.dry_run:
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = check(dest)
     for line in problems:
         print(line, file=sys.stderr)
-    size = sum(w.stat().st_size for w in dest.glob("*.whl")) / 2 ** 20
+    size = sum(w.stat().st_size for w in dest.glob("*.whl")) / 2**20
     print(f"{len(list(dest.glob('*.whl')))} wheels, {size:.1f} MiB in {dest}")
     return 1 if problems else 0
 

@@ -18,6 +18,7 @@ benchmark: lightly SimSiam (ResNet-50, 224 px), lightly DINO (ViT-S/16, 2x224 + 
 SimCLR, then MMSelfSup while time is left, each appended to one JSON (``bench.py --append``), so a
 stage cut off by the budget loses only itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,38 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = ROOT / "benchmarks" / "gpu" / "wheels"
-CUDA_TESTS = ["tests/test_cuda_core.py", "tests/test_cuda_lightly.py", "tests/test_cuda_mmselfsup.py",
-              "tests/test_cuda_solo_learn.py"]
+CUDA_TESTS = ["tests/test_cuda_core.py", "tests/test_cuda_lightly.py", "tests/test_cuda_mmselfsup.py", "tests/test_cuda_solo_learn.py"]
 IMPORTS = ["torch", "torchvision", "numpy", "lightly", "mmengine", "mmcv", "mmselfsup", "mmpretrain", "hvs_plugins"]
 
 # (name, bench.py arguments, seconds at most) on the GPU: ResNet-50 at 224 px, ViT-S/16 2x224 + 8x96,
 # bf16 selection (the gpu profile), batches sized for one H200
 GPU_BENCH = [
-    ("simsiam", ["--hosts", "lightly", "--methods", "simsiam", "--batch", "256", "--reps", "10", "--knob-reps", "2",
-                 "--no-exact-search"], 150),
+    (
+        "simsiam",
+        ["--hosts", "lightly", "--methods", "simsiam", "--batch", "256", "--reps", "10", "--knob-reps", "2", "--no-exact-search"],
+        150,
+    ),
     ("dino", ["--hosts", "lightly", "--methods", "dino", "--dino-batch", "128", "--dino-reps", "10"], 150),
     ("simclr", ["--hosts", "lightly", "--methods", "simclr", "--batch", "256", "--reps", "10", "--no-exact-search"], 90),
-    ("mmselfsup", ["--hosts", "mmselfsup", "--methods", "simsiam", "simclr", "--batch", "128", "--reps", "5",
-                   "--resolutions", "1.0", "0.5", "--no-exact-search"], 120),
+    (
+        "mmselfsup",
+        [
+            "--hosts",
+            "mmselfsup",
+            "--methods",
+            "simsiam",
+            "simclr",
+            "--batch",
+            "128",
+            "--reps",
+            "5",
+            "--resolutions",
+            "1.0",
+            "0.5",
+            "--no-exact-search",
+        ],
+        120,
+    ),
 ]
 DRY_BENCH = [("smoke", ["--hosts", "lightly", "--methods", "simsiam", "--no-knobs", "--no-exact-search"], 120)]
 
@@ -123,39 +143,80 @@ def main(argv: list[str] | None = None) -> int:
         wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
         if not a.no_install:
             if wheels:
-                run.step("install", [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                                     "--no-cache-dir", "--target", str(site)] + [str(w) for w in wheels], 120,
-                         wheels=len(wheels))
+                run.step(
+                    "install",
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "--no-index",
+                        "--no-deps",
+                        "--no-compile",
+                        "--no-cache-dir",
+                        "--target",
+                        str(site),
+                    ]
+                    + [str(w) for w in wheels],
+                    120,
+                    wheels=len(wheels),
+                )
             else:
-                run.note("== install: no wheels in benchmarks/gpu/wheels (run prepare.py here first); the current "
-                         "environment's packages are used")
+                run.note(
+                    "== install: no wheels in benchmarks/gpu/wheels (run prepare.py here first); the current "
+                    "environment's packages are used"
+                )
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")  # the layout of the project's wheel
             shutil.copytree(ROOT / "hvs_plugins", site / "hvs_plugins", ignore=ignore)
             shutil.copytree(ROOT / "adapters", site / "hvs_plugins" / "adapters", ignore=ignore)
             env["PYTHONPATH"] = os.pathsep.join([str(site)] + [x for x in [os.environ.get("PYTHONPATH")] if x])
-        probe = ("import importlib, json\nout = {}\nfor n in %r:\n    try:\n        m = importlib.import_module(n)\n"
-                 "        out[n] = getattr(m, '__version__', '?') + ' ' + str(getattr(m, '__file__', ''))\n    except Exception as e:\n"
-                 "        out[n] = 'ERROR ' + type(e).__name__ + ': ' + str(e)[:200]\nprint(json.dumps(out))" % IMPORTS)
+        probe = (
+            "import importlib, json\nout = {}\nfor n in %r:\n    try:\n        m = importlib.import_module(n)\n"
+            "        out[n] = getattr(m, '__version__', '?') + ' ' + str(getattr(m, '__file__', ''))\n    except Exception as e:\n"
+            "        out[n] = 'ERROR ' + type(e).__name__ + ': ' + str(e)[:200]\nprint(json.dumps(out))" % IMPORTS
+        )
         imports = run.step("imports", [sys.executable, "-c", probe], 120)
         try:
             imports["versions"] = json.loads(imports["tail"].strip().splitlines()[-1])
         except (ValueError, IndexError, KeyError):
             pass
         tests = CUDA_TESTS[:1] if a.dry_run else CUDA_TESTS
-        run.step("tests", [sys.executable, "-m", "pytest", *tests, "-q", "-rs", "-p", "no:cacheprovider",
-                           "--continue-on-collection-errors", "--junitxml", str(out / "tests.xml")] + (["-k", "cpu"] if a.dry_run else []),
-                 40 if a.dry_run else 170)
+        run.step(
+            "tests",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                *tests,
+                "-q",
+                "-rs",
+                "-p",
+                "no:cacheprovider",
+                "--continue-on-collection-errors",
+                "--junitxml",
+                str(out / "tests.xml"),
+            ]
+            + (["-k", "cpu"] if a.dry_run else []),
+            40 if a.dry_run else 170,
+        )
         json_name = "cpu-dry-run.json" if a.dry_run else name.lower().replace(" ", "-") + ".json"
         profile = "smoke" if a.dry_run else "gpu"
         for i, (stage, args, cap) in enumerate(DRY_BENCH if a.dry_run else GPU_BENCH):
-            cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--profile", profile, "--out",
-                   str(out / json_name), *args] + (["--append"] if i else [])
+            cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--profile", profile, "--out", str(out / json_name), *args] + (
+                ["--append"] if i else []
+            )
             run.step(f"bench {stage}", cmd, cap, reserve_s=5)
     finally:
         shutil.rmtree(site, ignore_errors=True)
-        summary = dict(device=name, dry_run=a.dry_run, budget_s=a.budget, wall_s=round(time.perf_counter() - run.t0, 1),
-                       steps=[{k: v for k, v in s.items() if k != "tail"} for s in run.steps],
-                       tails={s["step"]: s.get("tail", "") for s in run.steps})
+        summary = dict(
+            device=name,
+            dry_run=a.dry_run,
+            budget_s=a.budget,
+            wall_s=round(time.perf_counter() - run.t0, 1),
+            steps=[{k: v for k, v in s.items() if k != "tail"} for s in run.steps],
+            tails={s["step"]: s.get("tail", "") for s in run.steps},
+        )
         (out / "run.json").write_text(json.dumps(summary, indent=1))
         run.note(f"wrote {out / 'run.json'} ({summary['wall_s']} s)")
         run.log.close()

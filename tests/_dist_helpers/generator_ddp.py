@@ -9,6 +9,7 @@ the ranks' generators must drift apart there). Each rank sees different images. 
 OUT_DIR/rank{r}.pt with, per run, the generator's and the model's final parameters and the
 generator's initial parameters. Workers are forked from this process (imports are done once).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,14 @@ SIZE, BATCH = 16, 4
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), SimCLRProjectionHead(8, 16, 8))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        SimCLRProjectionHead(8, 16, 8),
+    )
 
 
 def run(rank: int, sync: bool, steps: int) -> dict:
@@ -49,8 +56,12 @@ def run(rank: int, sync: bool, steps: int) -> dict:
         loss.backward()
         opt.step()
         gen.step(loss)
-    return {"gen": [p.detach().clone() for p in gen.parameters()], "gen_init": init,
-            "model": [p.detach().clone() for p in model.parameters()], "steps": gen.steps}
+    return {
+        "gen": [p.detach().clone() for p in gen.parameters()],
+        "gen_init": init,
+        "model": [p.detach().clone() for p in model.parameters()],
+        "steps": gen.steps,
+    }
 
 
 def worker(rank: int, out_dir: str, steps: int) -> None:

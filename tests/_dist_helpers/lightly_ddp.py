@@ -8,6 +8,7 @@ recorded selection (index, pair losses / DINO combination), and the final state 
 buffers, the DINO center). The test compares the ranks and recomputes every selection in one
 process.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,15 @@ N_LOCAL_CAND, LOCAL_SIZE = 4, 8  # DINO: 2 local crops, 2 candidates each
 def tiny_net(out: int = D) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, out),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, out),
     )
 
 
@@ -85,8 +92,7 @@ class Module(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         views, idx = batch
-        rec = {"step": self.global_step, "views": [v.detach().clone() for v in views], "idx": idx.clone(),
-               "pre": self._state()}
+        rec = {"step": self.global_step, "views": [v.detach().clone() for v in views], "idx": idx.clone(), "pre": self._state()}
         if self.method == "simclr":
             x0, x1 = self.criterion.select(views, self.net)
             sel = self.criterion.last_selection
@@ -95,8 +101,13 @@ class Module(pl.LightningModule):
         else:
             crops = self.criterion.select(views, self.student, self.teacher, epoch=self.current_epoch)
             ch = self.criterion.last_selection
-            rec.update(globals_=ch.globals_.clone(), locals_=ch.locals_.clone(), losses=ch.losses.clone(),
-                       candidate_losses=ch.candidate_losses.clone(), center=self.criterion.criterion.center.clone())
+            rec.update(
+                globals_=ch.globals_.clone(),
+                locals_=ch.locals_.clone(),
+                losses=ch.losses.clone(),
+                candidate_losses=ch.candidate_losses.clone(),
+                center=self.criterion.criterion.center.clone(),
+            )
             t_out = [self.teacher(c) for c in crops[:2]]
             s_out = [self.student(c) for c in crops]
             loss = self.criterion(t_out, s_out, epoch=self.current_epoch)
@@ -115,24 +126,32 @@ class Module(pl.LightningModule):
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
     def on_train_end(self):
-        out = {"records": self.records, "final": self._state(), "rank": self.global_rank,
-               "world": self.trainer.world_size,
-               "selector": self.criterion.selector_state_dict()}
+        out = {
+            "records": self.records,
+            "final": self._state(),
+            "rank": self.global_rank,
+            "world": self.trainer.world_size,
+            "selector": self.criterion.selector_state_dict(),
+        }
         torch.save(out, os.path.join(sys.argv[1], f"rank{self.global_rank}.pt"))
 
 
 def main() -> None:
-    out_dir, method = sys.argv[1], sys.argv[2]
+    method = sys.argv[2]  # argv[1]: the output folder, where the callback writes
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     pl.seed_everything(0, workers=True)
     model = Module(method)
     loader = torch.utils.data.DataLoader(CandidateData(method), batch_size=BATCH, shuffle=True, num_workers=0)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120),
-                             find_unused_parameters=False),
-        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120), find_unused_parameters=False),
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, loader)
 

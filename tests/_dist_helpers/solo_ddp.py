@@ -6,6 +6,7 @@ Lightning re-launches this script for rank 1. Every rank writes OUT_DIR/rank{r}.
 candidate crops and indexes it received, the state before the step, the wrapper's selection, and
 the final state.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,23 +34,38 @@ def _aug(num_crops: int) -> dict:
     return {
         "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
         "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1},
-        "grayscale": {"prob": 0.2}, "gaussian_blur": {"prob": 0.0}, "solarization": {"prob": 0.0},
-        "equalization": {"prob": 0.0}, "horizontal_flip": {"prob": 0.5}, "crop_size": SIZE, "num_crops": num_crops,
+        "grayscale": {"prob": 0.2},
+        "gaussian_blur": {"prob": 0.0},
+        "solarization": {"prob": 0.0},
+        "equalization": {"prob": 0.0},
+        "horizontal_flip": {"prob": 0.5},
+        "crop_size": SIZE,
+        "num_crops": num_crops,
     }
 
 
 def build_cfg(method: str, devices: str = "2"):
-    cfg = OmegaConf.create({
-        "name": f"hvs-ddp-{method}", "method": method, "backbone": {"name": "resnet18"},
-        "method_kwargs": dict(KWARGS[method]),
-        "momentum": {"base_tau": 0.99, "final_tau": 1.0},
-        "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
-        "augmentations": [_aug(2)],
-        "optimizer": {"name": "sgd", "batch_size": BATCH, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
-        "scheduler": {"name": "none"}, "checkpoint": {"enabled": False}, "auto_resume": {"enabled": False},
-        "max_epochs": 2, "devices": devices, "accelerator": "cpu", "strategy": "ddp", "precision": 32,
-        "hvs": {"n_views": N_VIEWS, "log_stats": False},
-    })
+    cfg = OmegaConf.create(
+        {
+            "name": f"hvs-ddp-{method}",
+            "method": method,
+            "backbone": {"name": "resnet18"},
+            "method_kwargs": dict(KWARGS[method]),
+            "momentum": {"base_tau": 0.99, "final_tau": 1.0},
+            "data": {"dataset": "cifar10", "train_path": "./unused", "format": "image_folder", "num_workers": 0},
+            "augmentations": [_aug(2)],
+            "optimizer": {"name": "sgd", "batch_size": BATCH, "lr": 0.1, "classifier_lr": 0.1, "weight_decay": 1e-5},
+            "scheduler": {"name": "none"},
+            "checkpoint": {"enabled": False},
+            "auto_resume": {"enabled": False},
+            "max_epochs": 2,
+            "devices": devices,
+            "accelerator": "cpu",
+            "strategy": "ddp",
+            "precision": 32,
+            "hvs": {"n_views": N_VIEWS, "log_stats": False},
+        }
+    )
     OmegaConf.set_struct(cfg, False)
     return hvs_parse_cfg(parse_cfg)(cfg)
 
@@ -79,17 +95,25 @@ class Recorder(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         idx, views, _ = batch
-        self.records.append({"step": trainer.global_step, "idx": idx.clone(),
-                             "views": [v.clone() for v in views], "pre": _state(pl_module)})
+        self.records.append(
+            {"step": trainer.global_step, "idx": idx.clone(), "views": [v.clone() for v in views], "pre": _state(pl_module)}
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sel = pl_module.hvs_last["selection"]
         self.records[-1].update(index=sel.index.clone(), pair_losses=sel.pair_losses.clone())
 
     def on_train_end(self, trainer, pl_module):
-        torch.save({"records": self.records, "final": _state(pl_module), "rank": trainer.global_rank,
-                    "world": trainer.world_size, "selector": pl_module.hvs_selector.state_dict()},
-                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        torch.save(
+            {
+                "records": self.records,
+                "final": _state(pl_module),
+                "rank": trainer.global_rank,
+                "world": trainer.world_size,
+                "selector": pl_module.hvs_selector.state_dict(),
+            },
+            os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
+        )
 
 
 def main() -> None:
@@ -98,11 +122,16 @@ def main() -> None:
     model = build_model(method)
     loader = torch.utils.data.DataLoader(Candidates(), batch_size=BATCH, shuffle=True, num_workers=0)
     trainer = Trainer(
-        accelerator="cpu", devices=2,
-        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120),
-                             find_unused_parameters=False),
-        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[Recorder(out_dir)],
+        accelerator="cpu",
+        devices=2,
+        strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=120), find_unused_parameters=False),
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[Recorder(out_dir)],
     )
     trainer.fit(model, loader)
 
