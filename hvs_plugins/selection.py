@@ -173,7 +173,7 @@ def gather_pair(views: Views, pairs: torch.Tensor, index: torch.Tensor) -> tuple
         if len(sizes) > 1:
             all_sizes = ", ".join(f"{i}: {'x'.join(map(str, v.shape[-2:]))}" for i, v in enumerate(vs))
             raise ValueError(
-                f"candidate views differ in size (candidate: size {all_sizes}), and slot {j} of the scored pairs takes "
+                f"candidate views differ in size (sizes by candidate: {all_sizes}), and slot {j} of the scored pairs takes "
                 "candidates of different sizes, which cannot form one batch. With two pipelines of different sizes "
                 "(e.g. BYOLTransform with view 1 at 32 px and view 2 at 24 px) score cross pairs only: "
                 "HVSLoss(criterion, candidates=candidate_views) with the CandidateViews of the loader (or "

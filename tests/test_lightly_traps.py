@@ -244,7 +244,7 @@ def test_byol_two_view_sizes_train_with_cross_pairs():
     # every pair on purpose, with mixed sizes: the message says what to do
     with pytest.raises(
         ValueError,
-        match=r"candidate views differ in size \(candidate: size 0: 32x32, 1: 24x24, 2: 32x32, "
+        match=r"candidate views differ in size \(sizes by candidate: 0: 32x32, 1: 24x24, 2: 32x32, "
         r"3: 24x24\).*HVSLoss\(criterion, candidates=candidate_views\).*groups='interleaved'",
     ):
         HVSLoss(NegativeCosineSimilarity(), n_views=4, groups="all").select(views, model, model.forward_momentum)

@@ -196,7 +196,7 @@ def test_lightly_views_of_different_shapes():
     crit = HVSLoss(NegativeCosineSimilarity(), n_views=4)
     with pytest.raises(
         ValueError,
-        match=r"candidate views differ in size \(candidate: size 0: 16x16, 1: 16x16, 2: 16x16, "
+        match=r"candidate views differ in size \(sizes by candidate: 0: 16x16, 1: 16x16, 2: 16x16, "
         r"3: 12x12\), and slot 1 of the scored pairs takes candidates of different sizes.*groups='interleaved'",
     ):
         crit.select(views_of(sizes=[16, 16, 16, 12]), SimSiamNet())
