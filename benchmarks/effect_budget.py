@@ -242,11 +242,18 @@ def matched_from_curve(base: dict[str, dict], compute: float) -> Optional[float]
     return float(np.interp(x, xs, [k for _, k in pts]))
 
 
-def demo_summary(arms: dict[str, Any]) -> dict[str, Any]:
-    """What the demo prints of the curves of its setting (``arms``: ``budget["muted"]``):
-    ``{arm: {epochs: "mean ± std"}}`` for baseline, hvs and min_iou, HVS's compute per budget
-    (epochs of host steps) and the baseline read from its curve at that compute."""
-    out: dict[str, Any] = {"seeds": sorted({s for a in ("baseline", "hvs") for c in arms.get(a, {}).values() for s in c["seeds"]})}
+def demo_summary(arms: dict[str, Any], seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    """What the demo prints of the curves of its setting (``arms``: ``budget["muted"]``), over
+    ``seeds`` (fixed, so that more seeds in the study do not change it): ``{arm: {epochs:
+    "mean ± std"}}`` for baseline, hvs and min_iou, HVS's compute per budget (epochs of host steps)
+    and the baseline read from its curve at that compute."""
+
+    def sub(cell: dict) -> dict:
+        keep = [i for i, s in enumerate(cell["seeds"]) if s in seeds]
+        return {**cell, "knn": [cell["knn"][i] for i in keep], "seeds": [cell["seeds"][i] for i in keep]}
+
+    arms = {a: {e: sub(c) for e, c in cells.items()} for a, cells in arms.items() if a in ("baseline", "hvs", "min_iou")}
+    out: dict[str, Any] = {"seeds": list(seeds)}
     for arm in ("baseline", "hvs", "min_iou"):
         out[arm] = {e: _ms(c["knn"]) for e, c in sorted(arms.get(arm, {}).items(), key=lambda kv: int(kv[0]))}
     out["hvs_compute"] = {e: round(c["compute"], 1) for e, c in arms.get("hvs", {}).items()}
