@@ -312,7 +312,7 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
             for (e, c), xi, yi in zip(pts, x, y):
                 ax.annotate(f"{e} ep", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=col)
         ax.set_xscale("log")
-        ax.set_xlabel("compute (host-step units per training image, = epochs x compute ratio)")
+        ax.set_xlabel("compute: epochs of host steps (= epochs x measured compute ratio), log scale")
         ax.set_ylabel("kNN accuracy (mean ± std over seeds)")
         ax.set_title(f"{data}: SimCLR, accuracy vs compute")
         ax.grid(alpha=0.3)
