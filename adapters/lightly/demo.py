@@ -340,7 +340,8 @@ def _baseline_summary(args: argparse.Namespace, data: dict) -> dict[str, Any]:
 
 def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pairs: int, data: dict) -> None:
     print()
-    print(f"{'':28s}{'baseline':>12s}{'HVS':>12s}")
+    arm = "HVS" if getattr(args, "select_by", "loss") == "loss" else "min-IoU"  # the geometric control
+    print(f"{'':28s}{'baseline':>12s}{arm:>12s}")
     if "knn_baseline" in result:
         print(
             f"{'kNN accuracy (k=20)':28s}{result['knn_baseline']:12.1%}{result['knn_hvs']:12.1%}"
