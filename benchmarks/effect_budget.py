@@ -285,6 +285,20 @@ def table(budget: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def per_seed(budget: dict[str, Any]) -> str:
+    """kNN per seed, every arm and budget: where a mean hides a seed."""
+    rows = ["| data | epochs | arm | " + " | ".join(f"seed {s}" for s in SEEDS5) + " |", "|---|---|---|" + "---|" * len(SEEDS5)]
+    for data, arms in budget.items():
+        for e in sorted({e for cells in arms.values() for e in cells}, key=int):
+            for arm, cells in arms.items():
+                if e in cells:
+                    by_seed = dict(zip(cells[e]["seeds"], cells[e]["knn"]))
+                    rows.append(
+                        f"| {data} | {e} | {arm} | " + " | ".join(f"{by_seed[s]:.1%}" if s in by_seed else "-" for s in SEEDS5) + " |"
+                    )
+    return "\n".join(rows)
+
+
 def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
     from hvs_plugins.plotting import _plt
 
@@ -363,6 +377,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         except ImportError:
             pass
     print(table(result))
+    print()
+    print(per_seed(result))
     return result
 
 
