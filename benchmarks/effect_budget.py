@@ -205,6 +205,7 @@ class Budget:
                         "knn": [r["knn"] for r in runs],
                         "compute": ep * ratio,
                         "compute_ratio": ratio,
+                        "compute_ratios": [r["compute_ratio"] for r in runs],  # per seed, as measured in the run
                         "seeds": seeds,
                         "lowest_iou_fraction": [r["lowest_iou_fraction"] for r in runs] if ARMS[arm][0] == "hvs" else None,
                         "epochs_run": ep,
@@ -250,7 +251,10 @@ def demo_summary(arms: dict[str, Any], seeds: tuple[int, ...] = (0, 1, 2)) -> di
 
     def sub(cell: dict) -> dict:
         keep = [i for i, s in enumerate(cell["seeds"]) if s in seeds]
-        return {**cell, "knn": [cell["knn"][i] for i in keep], "seeds": [cell["seeds"][i] for i in keep]}
+        out = {**cell, "knn": [cell["knn"][i] for i in keep], "seeds": [cell["seeds"][i] for i in keep]}
+        if cell.get("compute_ratios"):  # the compute of these seeds' runs (median ratio), not of all seeds
+            out["compute"] = cell["epochs_run"] * statistics.median(cell["compute_ratios"][i] for i in keep)
+        return out
 
     arms = {a: {e: sub(c) for e, c in cells.items()} for a, cells in arms.items() if a in ("baseline", "hvs", "min_iou")}
     out: dict[str, Any] = {"seeds": list(seeds)}
