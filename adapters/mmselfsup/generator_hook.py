@@ -40,8 +40,6 @@ generated view stays within the 0-255 range (clamped).
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import warnings
 from typing import Any, Optional, Sequence
@@ -53,7 +51,7 @@ from mmengine.model import is_model_wrapper
 from hvs_plugins import HardViewSelector
 from hvs_plugins.generator import HardViewGenerator
 
-from .hook import DATA_BATCH, HardViewSelectionHook, find_multiviews
+from .hook import DATA_BATCH, HardViewSelectionHook, find_multiviews, options_of, unknown_options_text
 from .scoring import algorithm_name, score_pairs
 
 # algorithms whose exact per-sample scorer (the selection's) can measure the hardness gap
@@ -68,25 +66,15 @@ def _unwrap(model):
 
 def generator_hook_options() -> list[str]:
     """The option names ``HardViewGeneratorHook`` accepts (its constructor's keyword arguments)."""
-    params = inspect.signature(HardViewGeneratorHook.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    return options_of(HardViewGeneratorHook)
 
 
 def unknown_generator_options_message(unknown) -> str:
-    """The error for option names the hook does not know: each with the closest valid name, if
-    any, and the list of valid names."""
-    valid = generator_hook_options()
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    """The error for option names the hook does not know (closest valid name, the list)."""
     note = ""
     if any(str(k) in _FROM_PREPROCESSOR for k in unknown):
         note = " The normalisation (mean/std, channels) is read from the model's data_preprocessor: remove it from the hook."
-    return (
-        f"HardViewGeneratorHook got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}.{note} "
-        f"Valid options: {', '.join(valid)} (see help(HardViewGeneratorHook) for what each does)"
-    )
+    return unknown_options_text("HardViewGeneratorHook", generator_hook_options(), unknown, note)
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -79,24 +79,32 @@ def find_multiviews(dataset) -> list:
     return found
 
 
-def hook_options() -> list[str]:
-    """The option names ``HardViewSelectionHook`` accepts (its constructor's keyword arguments)."""
-    params = inspect.signature(HardViewSelectionHook.__init__).parameters.values()
+def options_of(hook_cls: type) -> list[str]:
+    """The option names a hook class accepts (its constructor's keyword arguments)."""
+    params = inspect.signature(hook_cls.__init__).parameters.values()
     return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
 
 
-def unknown_options_message(unknown) -> str:
-    """The error for option names the hook does not know: each with the closest valid name, if
-    any, and the list of valid names."""
-    valid = hook_options()
+def unknown_options_text(owner: str, valid: list[str], unknown, note: str = "") -> str:
+    """The error for option names a hook does not know: each with the closest valid name, if any,
+    ``note`` (a sentence, leading space), and the list of valid names."""
     parts = []
     for key in unknown:
         close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
         parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
     return (
-        f"HardViewSelectionHook got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}. "
-        f"Valid options: {', '.join(valid)} (see help(HardViewSelectionHook) for what each does)"
+        f"{owner} got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}.{note} "
+        f"Valid options: {', '.join(valid)} (see help({owner}) for what each does)"
     )
+
+
+def hook_options() -> list[str]:
+    """The option names ``HardViewSelectionHook`` accepts."""
+    return options_of(HardViewSelectionHook)
+
+
+def unknown_options_message(unknown) -> str:
+    return unknown_options_text("HardViewSelectionHook", hook_options(), unknown)
 
 
 class HardViewSelectionHook(Hook):
