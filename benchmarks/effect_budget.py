@@ -328,7 +328,14 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
             col, mk = styles.get(arm, ("C5", "x"))
             ax.errorbar(x, y, err, color=col, marker=mk, capsize=3, ls="-" if len(x) > 1 else "none", label=arm)
             for (e, c), xi, yi in zip(pts, x, y):
-                ax.annotate(f"{e} ep", (xi, yi), textcoords="offset points", xytext=(4, -10), fontsize=7, color=col)
+                ax.annotate(
+                    f"{c['epochs_run'] if arm == 'matched' else e} ep",
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                    color=col,
+                )
         ax.set_xscale("log")
         ax.set_xlabel("compute: epochs of host steps (= epochs x measured compute ratio), log scale")
         ax.set_ylabel("kNN accuracy (mean ± std over seeds)")
