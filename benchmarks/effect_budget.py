@@ -107,6 +107,7 @@ class Budget:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.study = Study(argparse.Namespace(out=a.out, tiny=a.tiny))
+        self.running_path: dict[cf.Future, Path] = {}  # where each running job's result goes
 
     def argv(self, data: str, arm: str, seed: int) -> list[str]:
         return self.study.base_argv + BASE_FLAGS + CELLS[DATA_CELLS[data]][0] + ARMS[arm][1] + ["--seed", str(seed)]
@@ -167,7 +168,7 @@ class Budget:
                     claimed.add(p)
                     fut = pool.submit(run_job, self.argv(data, arm_key, seed), ARMS[arm_key][0], ep, self.a.threads)
                     running[fut] = f"{data} {arm} seed {seed} ({ep} ep)"
-                    running_path[fut] = p
+                    self.running_path[fut] = p
                     print(f"[budget] start {running[fut]}", flush=True)
                 if not running:
                     todo.clear()
@@ -176,7 +177,7 @@ class Budget:
                 for fut in done:
                     what = running.pop(fut)
                     res = fut.result()
-                    running_path.pop(fut).write_text(json.dumps(res))
+                    self.running_path.pop(fut).write_text(json.dumps(res))
                     print(
                         f"[budget] done  {what}: kNN {res['knn']:.1%}, ratio x{res['compute_ratio']:.2f}, {res['wall_s']:.0f}s", flush=True
                     )
@@ -232,13 +233,13 @@ class Budget:
         return out
 
 
-def matched_from_curve(base: dict[str, dict], compute: float) -> Optional[float]:
+def matched_from_curve(base: dict[str, dict], compute: float, slack: float = 0.0) -> Optional[float]:
     """The baseline's mean kNN at ``compute`` host steps, linear in log compute between its budgets
-    (None outside the curve)."""
+    (None outside the curve, beyond a relative ``slack`` at its ends)."""
     pts = sorted((v["compute"], statistics.mean(v["knn"])) for v in base.values())
     xs = [math.log(c) for c, _ in pts]
     x = math.log(compute)
-    if len(pts) < 2 or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
+    if len(pts) < 2 or x < xs[0] - math.log1p(slack) - 1e-9 or x > xs[-1] + math.log1p(slack) + 1e-9:
         return None
     return float(np.interp(x, xs, [k for _, k in pts]))
 
@@ -271,17 +272,27 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1%} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.1%}"
 
 
+def baseline_curve(arms: dict[str, Any]) -> dict[str, dict]:
+    """The baseline's points: its budgets plus the real compute-matched runs of the longest budget
+    (baseline runs at HVS's compute), so that arms up to HVS's compute there have a reference."""
+    curve = dict(arms.get("baseline", {}))
+    for e, c in arms.get("matched", {}).items():
+        curve[f"matched{e}"] = c
+    return curve
+
+
 def table(budget: dict[str, Any]) -> str:
     rows = [
         "| data | arm | epochs | compute (epochs of host steps) | seeds | kNN (mean ± std) | baseline at equal compute (curve) | Δ vs curve |",  # noqa: E501
         "|---|---|---|---|---|---|---|---|",
     ]
     for data, arms in budget.items():
-        base = arms.get("baseline", {})
+        base = baseline_curve(arms)
         for arm, cells in arms.items():
             for e, c in sorted(cells.items(), key=lambda kv: int(kv[0])):
                 mean = statistics.mean(c["knn"])
-                ref = matched_from_curve(base, c["compute"]) if arm not in ("baseline", "matched") and len(base) >= 2 else None
+                # 1% slack: the matched run's epochs are HVS's compute rounded to whole epochs
+                ref = matched_from_curve(base, c["compute"], 0.01) if arm not in ("baseline", "matched") and len(base) >= 2 else None
                 rows.append(
                     f"| {data} | {arm} | {e} | {c['compute']:.1f} | {len(c['knn'])} | {_ms(c['knn'])} | "
                     f"{'-' if ref is None else f'{ref:.1%}'} | {'-' if ref is None else f'{(mean - ref) * 100:+.1f} pts'} |"
@@ -346,9 +357,6 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-running_path: dict[cf.Future, Path] = {}
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
