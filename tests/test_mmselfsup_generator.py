@@ -364,6 +364,12 @@ def test_unknown_options_name_the_closest_and_every_valid_one(tmp_path):
         HardViewGeneratorHook(gap_interval=-1)
     core = set(CoreGenerator.valid_keys()) - {"channels", "mean", "std"}
     assert core <= set(generator_hook_options())  # every core option reachable from a config
+    # the hook's signature repeats the core's defaults (for help() and configs): they must not drift
+    import inspect
+
+    core_defaults = {n: p.default for n, p in inspect.signature(CoreGenerator.__init__).parameters.items() if n in core}
+    hook_defaults = {n: p.default for n, p in inspect.signature(HardViewGeneratorHook.__init__).parameters.items() if n in core}
+    assert {n: tuple(v) if isinstance(v, (list, tuple)) else v for n, v in hook_defaults.items()} == core_defaults
 
 
 def test_docstring_lists_every_option():
