@@ -13,13 +13,9 @@ from torch import nn
 lightly = pytest.importorskip("lightly")
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss  # noqa: E402
 from lightly.models.modules import (  # noqa: E402
-    BYOLPredictionHead,
-    BYOLProjectionHead,
     DINOProjectionHead,
     MoCoProjectionHead,
     SimCLRProjectionHead,
-    SimSiamPredictionHead,
-    SimSiamProjectionHead,
 )
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 from lightly.transforms import BYOLTransform, SimCLRTransform, SimSiamTransform  # noqa: E402
@@ -30,22 +26,13 @@ from PIL import Image  # noqa: E402
 from hvs_plugins import CombinationSpace  # noqa: E402
 from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss, register_pair_loss, supported_losses  # noqa: E402
 from hvs_plugins.adapters.lightly.loss import lookup  # noqa: E402
+from lightly_models import BYOL, SimSiam, backbone  # noqa: E402
 
 torch.set_num_threads(1)
 N, M, D = 4, 12, 16
 
 
 # ------------------------------------------------------------------ helpers
-def backbone(width: int = 8) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
-
-
 def images(n: int = 16, size: int = 16, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
@@ -66,36 +53,6 @@ def assert_unchanged(before: list[dict], *modules: nn.Module) -> None:
         assert snap.keys() == now.keys()
         for k in snap:
             assert torch.equal(snap[k], now[k]), f"{type(m).__name__}.{k} changed during selection"
-
-
-class SimSiam(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = backbone()
-        self.projection_head = SimSiamProjectionHead(8, 16, D)
-        self.prediction_head = SimSiamPredictionHead(D, 8, D)
-
-    def forward(self, x):
-        z = self.projection_head(self.backbone(x))
-        return z.detach(), self.prediction_head(z)
-
-
-class BYOL(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = backbone()
-        self.projection_head = BYOLProjectionHead(8, 16, D)
-        self.prediction_head = BYOLPredictionHead(D, 16, D)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
-
-    def forward(self, x):
-        return self.prediction_head(self.projection_head(self.backbone(x)))
-
-    def forward_momentum(self, x):
-        return self.projection_head_momentum(self.backbone_momentum(x)).detach()
 
 
 class SimCLR(nn.Module):

@@ -13,52 +13,13 @@ from torch import nn
 
 pytest.importorskip("lightly")
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss, SwaVLoss  # noqa: E402
-from lightly.models.modules import (  # noqa: E402
-    BYOLPredictionHead,
-    BYOLProjectionHead,
-    SimSiamPredictionHead,
-    SimSiamProjectionHead,
-)
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 from lightly.transforms import BYOLTransform, DINOTransform, SimCLRTransform  # noqa: E402
 from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hvs_plugins.adapters.lightly import CandidateViews, HVSLoss  # noqa: E402
-
-
-def backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-
-class SimSiam(nn.Module):  # lightly's SimSiam example, small
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = backbone()
-        self.projection_head = SimSiamProjectionHead(8, 16, 16)
-        self.prediction_head = SimSiamPredictionHead(16, 8, 16)
-
-    def forward(self, x):
-        z = self.projection_head(self.backbone(x))
-        return z.detach(), self.prediction_head(z)
-
-
-class BYOL(nn.Module):  # lightly's BYOL example, small
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = backbone()
-        self.projection_head = BYOLProjectionHead(8, 16, 8)
-        self.prediction_head = BYOLPredictionHead(8, 16, 8)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
-
-    def forward(self, x):
-        return self.prediction_head(self.projection_head(self.backbone(x)))
-
-    def forward_momentum(self, x):
-        return self.projection_head_momentum(self.backbone_momentum(x)).detach()
+from lightly_models import BYOL, SimSiam  # noqa: E402
 
 
 def images(n: int = 6, size: int = 32) -> list[Image.Image]:
@@ -155,7 +116,7 @@ def test_target_reuse_before_the_momentum_update_is_refused():
     # BatchNorm-free momentum network (reuse is exact only then)
     for name in ("backbone", "backbone_momentum"):
         setattr(net, name, nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-    net.projection_head = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+    net.projection_head = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16))
     net.projection_head_momentum = copy.deepcopy(net.projection_head)
     deactivate_requires_grad(net.backbone_momentum)
     deactivate_requires_grad(net.projection_head_momentum)
