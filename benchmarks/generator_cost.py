@@ -2,11 +2,14 @@
 
     python benchmarks/generator_cost.py                 # SimCLR, demo ConvNet, 24 px, batch 64, 20 steps
     python benchmarks/generator_cost.py --steps 2       # seconds (tests)
+    python benchmarks/generator_cost.py --host resnet50 --size 112 --batch 8 --steps 8   # a ResNet-50 host
 
 Host step (lightly SimCLR: the demo's ``small_backbone``, ``SimCLRProjectionHead``, ``NTXentLoss``,
 SGD) side by side in one process with the same step on generated views (``x0, x1 = gen(x0, x1)``,
 then ``gen.step(loss)`` after the host's ``optimizer.step()``), for the default generator (Viewmaker
-size: width 32, 3 residual blocks, 9x9 stem/final convs) and a light one (width 16, 3x3). Arms are
+size: width 32, 3 residual blocks, 9x9 stem/final convs) and a light one (width 16, 3x3).
+``--host resnet18|resnet50``: torchvision's ResNet as the backbone instead (the generator's share
+shrinks as the encoder grows; both are convolutional, so the ratio barely depends on the size). Arms are
 interleaved per step on the same batches after warm-up; process CPU time (robust on a shared CPU);
 the ratio is the median over steps of (arm step / host step).
 """
@@ -34,16 +37,29 @@ GENERATORS = {
 }
 
 
-def run(size: int, batch: int, steps: int, warmup: int, width: int = 16) -> dict:
+def backbone(host: str, width: int = 16) -> tuple[nn.Module, int]:
+    """The host's encoder and its feature dimension: the demo ConvNet or a torchvision ResNet."""
+    if host == "demo":
+        from hvs_plugins.adapters.lightly.demo_train import small_backbone
+
+        return small_backbone(width), 8 * width
+    import torchvision
+
+    net = getattr(torchvision.models, host)()
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def run(size: int, batch: int, steps: int, warmup: int, host_net: str = "demo") -> dict:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
 
     from hvs_plugins.adapters.lightly import HardViewGenerator
-    from hvs_plugins.adapters.lightly.demo_train import small_backbone
 
     torch.manual_seed(0)
-    dim = 8 * width
-    model = nn.Sequential(small_backbone(width), SimCLRProjectionHead(dim, dim, 64)).train()
+    net, dim = backbone(host_net)
+    model = nn.Sequential(net, SimCLRProjectionHead(dim, dim, 64)).train()
     criterion = NTXentLoss(temperature=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     gens = {name: HardViewGenerator(eps=0.05, seed=1, **kw) for name, kw in GENERATORS.items()}
@@ -87,15 +103,16 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(HERE / "results" / "generator_cost.json"))
+    p.add_argument("--host", choices=["demo", "resnet18", "resnet50"], default="demo", help="the host's backbone")
+    p.add_argument("--out", default=None, help="default: results/generator_cost.json (demo), generator_cost_<host>.json")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = str(HERE / "results" / ("generator_cost.json" if a.host == "demo" else f"generator_cost_{a.host}.json"))
     torch.set_num_threads(a.threads)
-    res = run(a.size, a.batch, a.steps, a.warmup)
+    res = run(a.size, a.batch, a.steps, a.warmup, a.host)
     res = {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "clock": "process CPU time", "torch": torch.__version__, **res}
-    print(
-        f"SimCLR, demo ConvNet (width 16), {a.size} px, batch {a.batch}, {a.threads} thread(s), "
-        f"median of {a.steps} interleaved steps (process CPU time)"
-    )
+    host = "demo ConvNet (width 16)" if a.host == "demo" else f"torchvision {a.host}"
+    print(f"SimCLR, {host}, {a.size} px, batch {a.batch}, {a.threads} thread(s), median of {a.steps} interleaved steps (process CPU time)")
     print(f"host step: {res['host_ms']:.1f} ms")
     for name, arm in res["arms"].items():
         print(f"{name}: {arm['ms']:.1f} ms/step, cost ratio x{arm['ratio']:.2f} ({arm['params']} generator parameters)")

@@ -348,6 +348,10 @@ def test_generator_cost_benchmark_smoke(capsys, tmp_path):
     for arm in out["arms"].values():
         assert arm["ratio"] > 0 and math.isfinite(arm["ratio"])
     assert "cost ratio" in capsys.readouterr().out and (tmp_path / "cost.json").exists()
+    out = mod.main(
+        ["--host", "resnet18", "--steps", "1", "--warmup", "0", "--batch", "2", "--size", "32", "--out", str(tmp_path / "r.json")]
+    )
+    assert all(arm["ratio"] > 0 for arm in out["arms"].values()) and "torchvision resnet18" in capsys.readouterr().out
 
 
 def test_plot_generated_views_writes_a_png(tmp_path):
