@@ -3,6 +3,7 @@
     python benchmarks/effect_budget.py --procs 2            # the whole plan (many CPU hours; resumes)
     python benchmarks/effect_budget.py --data muted --arms baseline hvs min_iou --epochs 24 48 96
     python benchmarks/effect_budget.py --report-only        # effect.json["budget"], figure, table
+    python benchmarks/effect_budget.py --report-only --markdown BENCHMARKS.md   # ... and the tables there
     python benchmarks/effect_budget.py --tiny --out /tmp/b  # seconds (smoke)
 
 Per data set (``muted``: the study's default cell; ``photos``: its base cell on photo patches) and
@@ -314,6 +315,24 @@ def per_seed(budget: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+MD_START, MD_END = "<!-- budget-tables -->", "<!-- /budget-tables -->"
+
+
+def report(budget: dict[str, Any]) -> str:
+    """What ``--report-only`` prints: the summary table and the per-seed table."""
+    return table(budget) + "\n\n" + per_seed(budget)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Replace the ```text block between the budget-tables markers of ``path`` with ``text``."""
+    doc = path.read_text()
+    if MD_START not in doc or MD_END not in doc:
+        raise SystemExit(f"{path}: no {MD_START} ... {MD_END} markers to write the tables between")
+    head, rest = doc.split(MD_START, 1)
+    _, tail = rest.split(MD_END, 1)
+    path.write_text(f"{head}{MD_START}\n```text\n{text}\n```\n{MD_END}{tail}")
+
+
 def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
     from hvs_plugins.plotting import _plt
 
@@ -370,6 +389,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="the demo's tiny sizes, epochs / 24 (smoke)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--markdown", type=Path, help="also write the tables into this file (between its budget-tables markers)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = p.parse_args(argv)
     budget = Budget(a)
@@ -395,9 +415,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
             figure(result, out / "effect_budget.png")
         except ImportError:
             pass
-    print(table(result))
-    print()
-    print(per_seed(result))
+    print(report(result))
+    if a.markdown:
+        write_markdown(a.markdown, report(result))
     return result
 
 

@@ -171,3 +171,18 @@ def test_tiny_budget_study_writes_the_checked_format(tmp_path):
     assert (tmp_path / "effect_budget.png").stat().st_size > 0
     assert mod.matched_from_curve(budget["muted"]["baseline"], 1.5) is not None
     assert mod.matched_from_curve(budget["muted"]["baseline"], 100.0) is None  # outside the curve
+    md = tmp_path / "B.md"
+    md.write_text("intro\n<!-- budget-tables -->\nold\n<!-- /budget-tables -->\nafter\n")
+    mod.write_markdown(md, mod.report(budget))
+    assert md.read_text() == f"intro\n<!-- budget-tables -->\n```text\n{mod.report(budget)}\n```\n<!-- /budget-tables -->\nafter\n"
+
+
+def test_benchmarks_budget_tables_are_those_of_effect_json():
+    """The tables in BENCHMARKS.md's compute study are what --report-only makes of effect.json["budget"]."""
+    spec = importlib.util.spec_from_file_location("hvs_effect_budget_md", ROOT / "benchmarks" / "effect_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    budget = json.loads((ROOT / "benchmarks" / "results" / "effect.json").read_text())["budget"]
+    doc = (ROOT / "BENCHMARKS.md").read_text()
+    block = doc.split(mod.MD_START, 1)[1].split(mod.MD_END, 1)[0]
+    assert block.strip() == f"```text\n{mod.report(budget)}\n```"
