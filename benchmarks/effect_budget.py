@@ -366,6 +366,9 @@ def figure(budget: dict[str, Any], path: Path) -> Optional[Path]:
                     fontsize=7,
                     color=col,
                 )
+        if "matched" in arms and "baseline" in arms:  # the baseline curve continues to its real matched runs
+            curve = sorted((c["compute"], statistics.mean(c["knn"])) for c in baseline_curve(arms).values())
+            ax.plot([x for x, _ in curve], [y for _, y in curve], color="gray", ls=":", lw=1, zorder=0)
         ax.set_xscale("log")
         ax.set_xlabel("compute: epochs of host steps (= epochs x measured compute ratio), log scale")
         ax.set_ylabel("kNN accuracy (mean ± std over seeds)")
