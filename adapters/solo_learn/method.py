@@ -19,6 +19,9 @@ optimiser stepped, on every rank alike). It is not a submodule: the method's ``p
 optimiser and ``state_dict()`` are solo-learn's own; its state is a separate checkpoint entry
 (``hvs_generator``).
 
+Two concepts live in their own modules and are inherited: :mod:`.method_scorers` (each method's
+selection forward and per-sample pair losses) and :mod:`.generator_steps` (the generator's hooks).
+
 This module does not import solo-learn: the wrapper reads the method's attributes (``forward``,
 ``momentum_forward``, ``queue``, ``find_nn``, ``dino_loss_func``, ...), so it can be unit-tested
 with a stand-in class.
@@ -26,14 +29,12 @@ with a stand-in class.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
 from hvs_plugins import (
     CombinationSpace,
@@ -41,55 +42,25 @@ from hvs_plugins import (
     HardViewSelector,
     HVSSchedule,
     check_candidate_views,
-    dino_cross_entropy,
-    dino_pair_losses,
     gather_views,
-    invariance_proxy_pair_losses,
-    make_pairs,
-    negative_cosine_pair_losses,
-    ntxent_pair_losses,
     reason_from_error,
     selection_stats,
-    swav_codes,
-    swav_cross_entropy,
-    swav_pair_losses,
     unscorable_reason,
     warn_fallbacks,
 )
 from hvs_plugins.devices import to_device
 from hvs_plugins.layer_scoring import cosine_distance_pair_losses, layer_forward, resolve_layer
 
-from .config import MULTICROP_METHODS, HVSConfig, check_generator_method, check_method, parse_hvs_config
+from .config import MULTICROP_METHODS, HVSConfig, check_method, parse_hvs_config
 from .generator import CHECKPOINT_KEY as GENERATOR_KEY
-from .generator import build_generator, large_crop_normalisation, to_cpu
+from .generator import to_cpu
+from .generator_steps import GeneratorSteps, _classifier_losses
 from .layout import CandidateLayout, candidate_layout
-from .scoring import (
-    byol_pair_losses,
-    deepclusterv2_pair_losses,
-    mocov2plus_pair_losses,
-    mocov3_pair_losses,
-    nnclr_pair_losses,
-    ressl_pair_losses,
-    supcon_pair_losses,
-)
+from .method_scorers import MethodScorers, _gather_all  # noqa: F401 (_gather_all: tests, re-exported)
 from .target_reuse import MomentumRecorder, check_momentum_networks, check_reuse_config, reusing_momentum_forward
 
 
-def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``x: [N, M, D]`` → every rank's ``[N, M·W, D]`` in rank order and this rank's offset
-    (solo-learn gathers negatives over ranks). Identity without torch.distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=1), dist.get_rank() * x.shape[1]
-
-
-# methods whose exact two-view scorer measures hvs_gen/hardness_gap (DINO: the two global crops' loss)
-GAP_METHODS = ("simsiam", "simclr", "byol", "mocov2plus", "mocov3", "dino", "nnclr", "nnsiam", "nnbyol", "ressl", "supcon")
-
-
-class HVSMethodMixin:
+class HVSMethodMixin(GeneratorSteps, MethodScorers):
     """Mixed in before a solo-learn method class by :func:`make_hvs_method`.
 
     ``hvs_selector`` / ``hvs_schedule``: the selection (None with ``hvs.enabled: false``);
@@ -149,23 +120,6 @@ class HVSMethodMixin:
                 f"hvs.generator makes the pair of large crops harder, but {exc.args[0].split(':')[0]}: set the large "
                 "pipelines' num_crops to 2 (one pipeline) or 1 and 1 (two)"
             ) from None
-
-    def _hvs_setup_generator(self, cfg: Any, method: str, hvs: HVSConfig) -> None:
-        """``hvs.generator``: the core generator, normalised as solo-learn's large-crop pipelines."""
-        check_generator_method(method)
-        assert hvs.generator is not None
-        mean, std = large_crop_normalisation(cfg)
-        self.hvs_generator = build_generator(hvs.generator, mean, std)
-        self.hvs_generator_gap_interval = int(hvs.generator.get("gap_interval", 0))
-        if self.hvs_generator_gap_interval:
-            if method not in GAP_METHODS:
-                raise ValueError(
-                    f"hvs.generator.gap_interval: the hardness gap is measured with the exact two-view scorer, which "
-                    f"exists for {', '.join(GAP_METHODS)}, not {method!r}: set gap_interval: 0"
-                )
-            ordered = method in ("mocov2plus", "ressl")  # asymmetric losses: crop 1 -> crop 2
-            self._hvs_gen_gap_selector = HardViewSelector(2, ordered=ordered, seed=0)
-            self._hvs_gen_gap_row = make_pairs(2, None, ordered).tolist().index([0, 1])
 
     def _hvs_setup_selection(self, cfg: Any, method: str, hvs: HVSConfig) -> None:
         self.hvs_mode = check_method(method, hvs)
@@ -285,109 +239,6 @@ class HVSMethodMixin:
             )
         return X
 
-    # ------------------------------------------------------- learned hard views (hvs.generator)
-    def _hvs_generate(self, crops: list) -> list:
-        """The two large crops -> the generator's views (gradient reversal into the generator); small crops unchanged."""
-        gen = self.hvs_generator
-        assert gen is not None
-        trainer = getattr(self, "_trainer", None)
-        self._hvs_gen_seen_step = int(trainer.global_step) if trainer is not None else None
-        if not gen.enabled:
-            return crops
-        if not getattr(self, "_hvs_gen_announced", False):
-            self._hvs_gen_announced = True
-            sched = gen.schedule
-            eps = (
-                f"eps {sched.eps_end:g}"
-                if sched.ramp_epochs == 0 or sched.eps_start == sched.eps_end
-                else f"eps {sched.eps_start:g} -> {sched.eps_end:g} over {sched.ramp_epochs:g} epochs"
-            )
-            small = f" (the {len(crops) - 2} small crops pass unchanged)" if len(crops) > 2 else ""
-            print(
-                f"[hvs] first generation by {type(self).__name__}: the 2 large crops of {len(crops)}{small}, {eps} "
-                f"([0, 1] pixel units), {'one shared generator' if gen.shared else 'a pair of generators'}"
-                + (" after the selection" if self.hvs_selector is not None else " (no selection)")
-            )
-        view_a, view_b = gen(crops[0], crops[1])
-        self._hvs_gen_calls += 1
-        stats: dict = {"hvs_gen/eps": float(gen.eps)}
-        deltas = [d for n in gen.networks if isinstance(d := n.last_delta, torch.Tensor)]
-        real = [r for n in gen.networks if isinstance(r := n.last_realised, torch.Tensor)]
-        if deltas:
-            stats["hvs_gen/delta"] = torch.cat(deltas).mean()
-        if real:
-            stats["hvs_gen/realised"] = torch.cat(real).mean()
-        if self._hvs_gen_gap_selector is not None:
-            step = self._hvs_gen_seen_step if self._hvs_gen_seen_step is not None else self._hvs_gen_calls - 1
-            if step % self.hvs_generator_gap_interval == 0:  # the same steps on every rank (collectives inside)
-                gap = self.hvs_generator_gap([crops[0], crops[1]], [view_a.detach(), view_b.detach()])
-                if gap is not None:
-                    stats["hvs_gen/hardness_gap"] = gap
-        self.hvs_last["generator"] = stats
-        self._hvs_gen_log(stats)
-        return [view_a, view_b] + list(crops[2:])
-
-    def hvs_generator_gap(self, inputs: Sequence[torch.Tensor], generated: Sequence[torch.Tensor]) -> Optional[float]:
-        """The method's loss on the generated pair minus its loss on the input pair (mean over the batch), both
-        from the exact two-view scorer at the current weights: no gradients, parameters, BatchNorm statistics,
-        queues, momentum networks and RNG left as they were (DINO: the two global crops' loss). None where it
-        cannot be scored (a 1-sample batch under train-mode BatchNorm)."""
-        sel = self._hvs_gen_gap_selector
-        if sel is None:
-            raise ValueError("set hvs.generator.gap_interval > 0 to measure the hardness gap")
-        if unscorable_reason(list(inputs), [self]) is not None:
-            return None
-        row = self._hvs_gen_gap_row
-        with sel.scoring(self.hvs_scoring_modules()):
-            before = self.hvs_pair_losses(sel.forward_views(self._hvs_forward_fn(), list(inputs), 2), sel.pairs)[row]
-            after = self.hvs_pair_losses(sel.forward_views(self._hvs_forward_fn(), list(generated), 2), sel.pairs)[row]
-        self.hvs_last["generator_gap_losses"] = {"input": float(before.mean()), "generated": float(after.mean())}
-        return float(after.mean() - before.mean())
-
-    def hvs_generator_step(self, loss: Optional[torch.Tensor] = None) -> None:
-        """The generator's update (its own Adam; under DDP its gradients averaged over the ranks first): call
-        after the method's optimiser step, on every rank. ``on_train_batch_end`` does it in a Trainer run;
-        call it yourself in a hand-written loop. ``loss``: recorded as ``hvs_gen/loss`` (``-reverse_scale ·``
-        loss); default: the method's own loss of the last ``training_step`` (the step's loss minus the online
-        classifiers' cross-entropies, which give the views no gradient)."""
-        gen = self.hvs_generator
-        if gen is None:
-            return
-        if loss is None:
-            loss = self._hvs_gen_method_loss
-        self._hvs_gen_method_loss = None
-        gen.step(loss.detach() if isinstance(loss, torch.Tensor) else None)
-        if gen.enabled:
-            stats: dict = {"hvs_gen/steps": float(gen.steps)}
-            if gen.last_loss is not None:
-                stats["hvs_gen/loss"] = gen.last_loss
-            if gen.skipped:
-                stats["hvs_gen/skipped"] = float(gen.skipped)
-            self._hvs_gen_log(stats)
-
-    def _hvs_gen_log(self, stats: dict) -> None:
-        if getattr(self, "_trainer", None) is None or not self.hvs_config.log_stats:
-            return
-        self.log_dict(stats, on_step=True, on_epoch=False, sync_dist=False)
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()  # type: ignore[misc]
-        if self.hvs_generator is not None:
-            self.hvs_generator.set_epoch(int(self.current_epoch))
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)  # type: ignore[misc]  # e.g. momentum updates
-        if self.hvs_generator is None:
-            return
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None and self._hvs_gen_seen_step is not None and int(trainer.global_step) == self._hvs_gen_seen_step:
-            return  # gradient accumulation: the method's optimiser did not step; the generator accumulates too
-        loss = self._hvs_gen_method_loss  # the method's own loss of this step (without the online classifiers')
-        if loss is None:
-            found = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-            loss = found if isinstance(found, torch.Tensor) else None
-        self.hvs_generator_step(loss)
-
     def hvs_scoring_modules(self) -> list[torch.nn.Module]:
         """Networks the selection forward touches (the guard saves/restores their buffers). The
         method's own top-level buffers (queues) are only read by the scorers, never written."""
@@ -485,140 +336,6 @@ class HVSMethodMixin:
         self.hvs_last = {"skipped": True}
         return [large[a], large[b]] + small[: self.hvs_layout.n_small]
 
-    def _hvs_forward_fn(self) -> Callable[[torch.Tensor], Any]:
-        m = self.hvs_method_name
-        if m in ("simsiam", "nnsiam", "nnclr"):
-            return lambda x: (lambda o: (o["p"], o["z"]))(self(x))
-        if m in ("byol", "nnbyol"):
-            return lambda x: (self(x)["p"], self.momentum_forward(x)["z"])
-        if m == "ressl":  # online query, momentum key (both normalised by the method)
-            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
-        if m == "deepclusterv2":  # p: [heads, B, C] -> [B, heads, C]
-            return lambda x: self(x)["p"].transpose(0, 1)
-        if m == "swav":  # prototype scores of the normalised projection
-            return lambda x: self(x)["p"]
-        if m == "mocov2plus":
-            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
-        if m == "mocov3":
-            return lambda x: (self(x)["q"], self.momentum_forward(x)["k"])
-        if m == "dino":  # student, teacher
-            return lambda x: (self(x)["z"], self.momentum_forward(x)["z"])
-        return lambda x: self(x)["z"]  # simclr, supcon, proxy methods
-
-    def _hvs_reuse_forward_fn(self, recorder: MomentumRecorder) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-        """BYOL / MoCo v3 with hvs.reuse_target: ``x: [B, C, H, W]`` → (online prediction, momentum
-        target, *every momentum_forward output) — the first two are what the scorers read."""
-        key_online, key_target = {"byol": ("p", "z"), "mocov3": ("q", "k")}[self.hvs_method_name]
-
-        def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            online = self(x)[key_online]
-            momentum = recorder(self.momentum_forward, x)
-            return (online, momentum[recorder.keys.index(key_target)]) + momentum
-
-        return forward
-
-    def _hvs_nn(self, z: torch.Tensor) -> torch.Tensor:
-        n, mm, d = z.shape
-        _, nn = self.find_nn(z.reshape(n * mm, d).to(self.queue.dtype))  # read-only queue lookup
-        return nn.reshape(n, mm, -1).float()
-
-    def hvs_pair_losses(self, outputs: Sequence[torch.Tensor], pairs: torch.Tensor) -> torch.Tensor:
-        """Per-sample pair losses ``[P, M]`` from the stacked per-view outputs."""
-        m = self.hvs_method_name
-        if self.hvs_mode == "proxy":
-            return invariance_proxy_pair_losses(outputs[0], pairs)  # PROXY, labelled in the logs
-        if m == "simsiam":
-            p, z = outputs
-            return negative_cosine_pair_losses(p, z, pairs)
-        if m == "nnsiam":
-            p, z = outputs
-            return negative_cosine_pair_losses(p, self._hvs_nn(z), pairs)
-        if m == "byol":
-            return byol_pair_losses(outputs[0], outputs[1], pairs)
-        if m == "nnbyol":  # the momentum projections' nearest neighbours in the read-only queue
-            return byol_pair_losses(outputs[0], self._hvs_nn(outputs[1]), pairs)
-        if m == "ressl":
-            q, k = outputs
-            return ressl_pair_losses(q, k, pairs, self.queue, float(self.temperature_q), float(self.temperature_k))
-        if m == "supcon":
-            (z,) = outputs
-            labels = self._hvs_targets
-            if labels is None:
-                raise ValueError("SupCon scores need the batch's labels: call training_step, or hvs_select(X, targets=y)")
-            labels = labels.to(z.device)
-            zall, offset = _gather_all(z)
-            lall, _ = _gather_all(labels.view(1, -1, 1))
-            return supcon_pair_losses(z, labels, pairs, float(self.temperature), zall, lall.view(-1), offset)
-        if m == "deepclusterv2":
-            idx = self._hvs_indexes.to(self.assignments.device)
-            return deepclusterv2_pair_losses(outputs[0], self.assignments[:, idx], pairs, float(self.temperature))
-        if m == "swav":
-            return self._hvs_swav_pair_losses(outputs[0], pairs)
-        if m == "simclr":
-            (z,) = outputs
-            zall, offset = _gather_all(z)
-            return ntxent_pair_losses(z, pairs, float(self.temperature), all_embeddings=zall, offset=offset)
-        if m == "mocov2plus":
-            q, k = outputs
-            return mocov2plus_pair_losses(q, k, pairs, self.queue.detach(), float(self.temperature))
-        if m == "mocov3":
-            q, k = outputs
-            kall, offset = _gather_all(k)
-            return mocov3_pair_losses(q, k, pairs, float(self.temperature), kall, offset)
-        if m == "nnclr":
-            p, z = outputs
-            pall, offset = _gather_all(p)
-            return nnclr_pair_losses(self._hvs_nn(z), p, pairs, float(self.temperature), pall, offset)
-        if m == "dino":
-            student, teacher = outputs
-            ce = dino_cross_entropy(teacher, student, *self._hvs_dino_temps())
-            return dino_pair_losses(ce, pairs)
-        raise ValueError(f"no HVS scorer for method {m!r}")  # pragma: no cover - check_method guards
-
-    def _hvs_have_assignments(self) -> bool:
-        """DeepClusterV2: whether any sample of the batch has a k-means assignment (none before the
-        end of the first epoch: solo-learn fills them with -1)."""
-        a = getattr(self, "assignments", None)
-        if self._hvs_indexes is None:
-            raise ValueError("DeepClusterV2 scores need the batch's indexes: call training_step, or hvs_select(X, indexes=i)")
-        return a is not None and bool((a[:, self._hvs_indexes.to(a.device)] >= 0).any())
-
-    # ------------------------------------------------------------------- SwAV
-    def _hvs_swav_queue(self) -> Optional[list[torch.Tensor]]:
-        """The queue's prototype scores per crop slot ``[Q, K]`` when the method uses it this epoch
-        (as its ``get_assignments``), else None. Read only."""
-        if int(getattr(self, "queue_size", 0)) > 0 and int(self.current_epoch) >= int(self.epoch_queue_starts):
-            return [self.prototypes(self.queue[i]).float() for i in range(2)]
-        return None
-
-    def _hvs_swav_sinkhorn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        sk = getattr(self, "sk", None)
-        if sk is None:
-            raise RuntimeError(
-                "SwAV's Sinkhorn-Knopp (self.sk) is made in on_train_start: select inside a Trainer run, or call on_train_start() first"
-            )
-        return sk
-
-    def _hvs_swav_pair_losses(self, scores: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        """Two-view SwAV, ``scores: [N, M, K]``: ``½·(CE(q¹_a, p_b) + CE(q²_b, p_a))``, codes q¹/q²
-        from the host's Sinkhorn over each candidate's batch with queue half 1 / 2 (crop 1 / crop 2;
-        two pipelines: a candidate's pipeline is its crop)."""
-        queue, sk, t = self._hvs_swav_queue(), self._hvs_swav_sinkhorn(), float(self.temperature)
-        n = scores.shape[0]
-        groups = self.hvs_layout.groups
-        if queue is None or groups is not None:
-            slot = None if queue is None else [0 if g in groups[0] else 1 for g in range(n)]
-            ce = swav_cross_entropy(swav_codes(scores, sk, queue, slot), scores, t)
-            return swav_pair_losses(ce, pairs)
-        ce1 = swav_cross_entropy(swav_codes(scores, sk, queue, [0] * n), scores, t)
-        ce2 = swav_cross_entropy(swav_codes(scores, sk, queue, [1] * n), scores, t)
-        a, b = pairs[:, 0].to(ce1.device), pairs[:, 1].to(ce1.device)
-        return 0.5 * (ce1[a, b] + ce2[b, a])
-
-    def _hvs_dino_temps(self) -> tuple[torch.Tensor, float, float]:
-        loss = self.dino_loss_func
-        return loss.center, float(loss.teacher_temp_schedule[loss.epoch]), float(loss.student_temp)
-
     def _hvs_select_multicrop(self, large: list[torch.Tensor], small: list[torch.Tensor]) -> list[torch.Tensor]:
         sel, space = self.hvs_selector, self.hvs_space
         order = self._hvs_global_order
@@ -648,21 +365,6 @@ class HVSMethodMixin:
                 }
             )
         return [view_a, view_b] + locals_
-
-    def _hvs_multicrop_ce(self, glob: list[torch.Tensor], small: list[torch.Tensor]) -> torch.Tensor:
-        """``ce: [G, G+L, M]`` for :class:`CombinationSpace` (call inside the scoring context):
-        DINO's teacher/student cross-entropy, or SwAV's code/prediction cross-entropy (codes of the
-        interleaved globals: even candidates crop 1, odd crop 2)."""
-        sel, swav = self.hvs_selector, self.hvs_method_name == "swav"
-        outs = sel.forward_views(self._hvs_forward_fn(), glob)  # SwAV: scores; DINO: student, teacher
-        student = outs[0]
-        if small:
-            local = sel.forward_views(lambda x: self.multicrop_forward(x)["p" if swav else "z"], small)[0]
-            student = torch.cat([student, local])
-        if swav:
-            codes = swav_codes(outs[0], self._hvs_swav_sinkhorn(), self._hvs_swav_queue())
-            return swav_cross_entropy(codes, student, float(self.temperature))
-        return dino_cross_entropy(outs[1], student, *self._hvs_dino_temps())
 
     def _hvs_log(self, stats: dict) -> None:
         if getattr(self, "_trainer", None) is None:
@@ -713,34 +415,6 @@ class HVSMethodMixin:
                 "the checkpoint holds no hard-view generator (saved without hvs.generator): the generator starts from its initial weights",
                 stacklevel=2,
             )
-
-
-# what solo-learn's BaseMethod / BaseMomentumMethod log for their online classifiers (added to the step's loss)
-_CLASSIFIER_LOSS_KEYS = ("train_class_loss", "train_momentum_class_loss")
-
-
-@contextlib.contextmanager
-def _classifier_losses(model: Any) -> Iterator[list[torch.Tensor]]:
-    """For the body (one ``training_step``): the online classifiers' losses as solo-learn logs them
-    (``log_dict`` forwarded unchanged). The step's loss minus them is the method's own loss: the
-    classifiers see detached features, so they give the views (and the generator) no gradient."""
-    found: list[torch.Tensor] = []
-    real = model.log_dict
-    had = "log_dict" in model.__dict__
-
-    def log_dict(dictionary: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(dictionary, Mapping):
-            found.extend(v for k, v in dictionary.items() if k in _CLASSIFIER_LOSS_KEYS and isinstance(v, torch.Tensor))
-        return real(dictionary, *args, **kwargs)
-
-    model.log_dict = log_dict  # instance attribute shadows the method for this step only
-    try:
-        yield found
-    finally:
-        if had:
-            model.log_dict = real
-        else:
-            del model.log_dict
 
 
 def drop_scheduler_functions(checkpoint: dict) -> list[str]:
