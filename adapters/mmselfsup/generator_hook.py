@@ -46,22 +46,18 @@ from typing import Any, Optional, Sequence
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from hvs_plugins import HardViewSelector
 from hvs_plugins.generator import HardViewGenerator
 
-from .hook import DATA_BATCH, HardViewSelectionHook, find_multiviews, options_of, unknown_options_text
+from .hook import DATA_BATCH, HardViewSelectionHook
+from .runner_config import find_multiviews, options_of, unknown_options_text, unwrap
 from .scoring import algorithm_name, score_pairs
 
 # algorithms whose exact per-sample scorer (the selection's) can measure the hardness gap
 GAP_ALGORITHMS = ("SimSiam", "SimCLR", "BYOL", "MoCo", "MoCoV3")
 CHECKPOINT_KEY = "hvs_generator"
 _FROM_PREPROCESSOR = ("mean", "std", "channels", "normalize", "transform")
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 def generator_hook_options() -> list[str]:
@@ -245,7 +241,7 @@ class HardViewGeneratorHook(Hook):
 
     # ------------------------------------------------------------------ setup
     def before_run(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         mean, std = preprocessor_normalisation(getattr(model, "data_preprocessor", None))
         self.generator = self._build(mean, std)
         if self._pending_state is not None:  # a checkpoint loaded before this point
@@ -265,7 +261,7 @@ class HardViewGeneratorHook(Hook):
     def before_train(self, runner) -> None:
         from mmengine.runner import IterBasedTrainLoop
 
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         self.algorithm = algorithm_name(model) or type(model).__name__
         self._model = model
         self._iter_based = isinstance(runner.train_loop, IterBasedTrainLoop)
@@ -435,7 +431,7 @@ class HardViewGeneratorHook(Hook):
         if self._armed:
             self._armed = False
             raise RuntimeError(
-                f"HardViewGeneratorHook: {type(_unwrap(runner.model)).__name__}.train_step did not call its "
+                f"HardViewGeneratorHook: {type(unwrap(runner.model)).__name__}.train_step did not call its "
                 "data_preprocessor(data, training=True) with gradients enabled, so no view was generated: the hook "
                 "needs mmengine's train_step (BaseModel / MMDistributedDataParallel); remove it for this model"
             )

@@ -21,15 +21,12 @@ the selection's momentum outputs of the chosen views; ``target_reuse.py``).
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import time
 from typing import Optional, Sequence, Union
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from hvs_plugins import (
     DEFAULT_CAP,
@@ -43,59 +40,12 @@ from hvs_plugins import (
 )
 from hvs_plugins.unscorable import reason_from_error, unscorable_reason
 
+from .runner_config import find_multiviews, options_of, unknown_options_text, unwrap
 from .scoring import PROXY, SUPPORTED, check_score_layer, check_supported, layer_pair_losses, score_pairs
 from .swav import swav_loss_module, swav_multicrop_ce
 from .target_reuse import TargetReuse, check_reuse_model, check_reuse_options
 
 DATA_BATCH = Optional[Union[dict, tuple, list]]
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
-
-
-def _iter_datasets(dataset, depth: int = 0):
-    """The dataset and the datasets it wraps (ConcatDataset, RepeatDataset, ClassBalancedDataset, ...)."""
-    if dataset is None or depth > 8:
-        return
-    yield dataset
-    for attr in ("dataset", "datasets"):
-        inner = getattr(dataset, attr, None)
-        if isinstance(inner, (list, tuple)):
-            for d in inner:
-                yield from _iter_datasets(d, depth + 1)
-        elif inner is not None and inner is not dataset:
-            yield from _iter_datasets(inner, depth + 1)
-
-
-def find_multiviews(dataset) -> list:
-    """Every ``MultiView`` transform in the (possibly wrapped) dataset's pipeline."""
-    found = []
-    for ds in _iter_datasets(dataset):
-        pipeline = getattr(ds, "pipeline", None)
-        for t in getattr(pipeline, "transforms", None) or []:
-            if type(t).__name__ == "MultiView" and hasattr(t, "num_views"):
-                found.append(t)
-    return found
-
-
-def options_of(hook_cls: type) -> list[str]:
-    """The option names a hook class accepts (its constructor's keyword arguments)."""
-    params = inspect.signature(hook_cls.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD]
-
-
-def unknown_options_text(owner: str, valid: list[str], unknown, note: str = "") -> str:
-    """The error for option names a hook does not know: each with the closest valid name, if any,
-    ``note`` (a sentence, leading space), and the list of valid names."""
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
-        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return (
-        f"{owner} got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}.{note} "
-        f"Valid options: {', '.join(valid)} (see help({owner}) for what each does)"
-    )
 
 
 def hook_options() -> list[str]:
@@ -229,11 +179,11 @@ class HardViewSelectionHook(Hook):
 
     # ------------------------------------------------------------------ setup
     def before_run(self, runner) -> None:
-        self.algorithm = check_supported(_unwrap(runner.model), self.proxy)
+        self.algorithm = check_supported(unwrap(runner.model), self.proxy)
         if self.score_layer is not None:  # an unknown name: an error listing the valid ones, now
-            check_score_layer(_unwrap(runner.model), self.score_layer)
+            check_score_layer(unwrap(runner.model), self.score_layer)
         if self.reuse_target:
-            check_reuse_model(self.algorithm, _unwrap(runner.model), runner)
+            check_reuse_model(self.algorithm, unwrap(runner.model), runner)
         loading = getattr(runner, "_resume", False) or getattr(runner, "_load_from", None)
         if loading and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ:
             # mmengine 0.10 checkpoints hold numpy/python objects: torch >= 2.6 refuses them with its
@@ -246,7 +196,7 @@ class HardViewSelectionHook(Hook):
             )
 
     def before_train(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         self.algorithm = check_supported(model, self.proxy)
         self.groups = self._check_pipeline(runner)
         # query/key asymmetric (MoCo); SwAV's crop 1 and crop 2 meet different queue halves
@@ -396,7 +346,7 @@ class HardViewSelectionHook(Hook):
                 f"train pipeline must emit {self.n_inputs} views (MultiView num_views), e.g. "
                 f"dict(type='MultiView', num_views={self.n_inputs}, transforms=[view_pipeline])"
             )
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         if self.reuse is not None:
             self.reuse.remove()  # a cache left by a step that raised never serves another batch
         # empty batch, non-tensor views: errors naming the fix
