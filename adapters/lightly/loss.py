@@ -22,10 +22,7 @@ from hvs_plugins import (
     HardViewSelector,
     HVSSchedule,
     check_candidate_views,
-    dino_cross_entropy,
-    gather_views,
     interleaved_groups,
-    per_sample_violations,
     select_min_iou,
     reason_from_error,
     selection_stats,
@@ -37,7 +34,7 @@ from hvs_plugins.devices import to_device
 
 from . import more_losses  # noqa: F401  registers DCL(W), MACL, TiCo, DirectCLR and the Barlow/VICReg proxies
 from .layer_score import check_score_layer, layer_pair_losses
-from .ibot import dino_teacher_temp
+from .multicrop_select import MultiCropSelection
 from .methods import multicrop_method
 from .registry import PairLossSpec, lookup, register_pair_loss, supported_losses  # noqa: F401 (public names)
 from .transforms import CandidateList, CandidateViews, check_multicrop_layout, layout_from_candidates
@@ -94,7 +91,7 @@ def _nest_criterion_keys(module: nn.Module, state_dict: dict, prefix: str, *args
             state_dict[nested] = state_dict.pop(flat)
 
 
-class HVSLoss(nn.Module):
+class HVSLoss(MultiCropSelection, nn.Module):
     """A lightly loss with Hard View Selection.
 
     ``criterion``: the lightly loss object (NegativeCosineSimilarity — SimSiam, BYOL; NTXentLoss —
@@ -487,81 +484,3 @@ class HVSLoss(nn.Module):
             warn_fallbacks(fallback, what, stacklevel=4)
         else:
             self._deferred.push(fallback, what)
-
-    def _check_teacher_reuse(self, teachers: Sequence[nn.Module]) -> None:
-        if not self.is_dino:
-            raise ValueError(
-                f"return_teacher_out=True is for DINOLoss (it hands the teacher's selection outputs to "
-                f"the training step); {type(self.criterion).__name__} returns the selected views only"
-            )
-        if self.selector.resolution_scale != 1.0:
-            raise ValueError(
-                f"return_teacher_out=True needs selection at full resolution (resolution_scale=1.0, got "
-                f"{self.selector.resolution_scale}): the teacher's outputs at reduced resolution are not "
-                "the ones the training step would compute. Drop return_teacher_out or the resolution scale."
-            )
-        if not teachers:
-            raise ValueError(
-                "return_teacher_out=True must check the teacher network, but the teacher forward is a plain "
-                "function: pass model.forward_teacher (a bound method) or the module, or list the teacher's "
-                "module in modules=[...]"
-            )
-        coupled = per_sample_violations(teachers)
-        if coupled:
-            raise ValueError(
-                "return_teacher_out=True needs a teacher whose output per sample does not depend on the "
-                "batch or the RNG, so that its selection outputs equal those of the training step; the "
-                f"teacher's module has in train mode: {', '.join(coupled[:4])}"
-                f"{' ...' if len(coupled) > 4 else ''}. Call select without return_teacher_out and "
-                "forward the teacher on views[:2] as before."
-            )
-
-    def _teacher_temp(self, epoch: Optional[int], teacher_temp: Optional[float]) -> float:
-        return dino_teacher_temp(self.criterion, epoch, teacher_temp)
-
-    def _choose_combination(self, space: CombinationSpace, ce: torch.Tensor, glob: list, loc: list) -> tuple[Any, list]:
-        """Multi-crop (DINO, SwAV, iBOT): the argmax combination of ``ce [G, V, M]`` (capped or
-        exact search), recorded as ``last_selection``, and the chosen views ``[g_a, g_b, l_1, ...]``."""
-        sel = self.selector
-        choice = space.exact_search(ce, sel.generator) if self.exact else space.search(ce, self.cap, sel.generator)
-        self._warn(choice.fallback, "combination loss")  # deferred with HVSLoss(stats=False)
-        self.last_selection = choice
-        self.last_stats = None
-        out = gather_views(glob, choice.globals_)
-        if len(loc):
-            out += gather_views(loc, choice.locals_)
-        return choice, out
-
-    def _select_dino(self, views, student, teacher, mods, epoch, teacher_temp, boxes, active=True, want_teacher=False):
-        g = self.n_global_candidates
-        if len(views) < g:
-            raise ValueError(f"DINO HVS needs {g} global candidates (2 per global crop) first, got {len(views)} views")
-        glob, loc = views[:g], views[g:]
-        if len(loc) % 2:
-            raise ValueError(
-                f"DINO HVS expects 2 candidates per local crop, got {len(loc)} local views: wrap the "
-                "DINOTransform with CandidateViews(transform)"
-            )
-        n_local = len(loc) // 2
-        if not active:
-            out = [glob[0], glob[1]] + loc[::2]
-            if want_teacher:
-                with torch.no_grad():
-                    return out, [teacher(v) for v in out[:2]]
-            return out
-        space = CombinationSpace(g, len(loc), n_local, self.global_pairing)
-        sel = self.selector
-        with sel.scoring(mods):
-            t_out = sel.forward_views(teacher, glob)[0]
-            s_out = sel.forward_views(student, glob)[0]
-            if loc:
-                s_out = torch.cat([s_out, sel.forward_views(student, loc)[0]])
-            ce = dino_cross_entropy(
-                t_out, s_out, self.criterion.center, self._teacher_temp(epoch, teacher_temp), float(self.criterion.student_temp)
-            )
-        choice, out = self._choose_combination(space, ce, glob, loc)
-        if want_teacher:  # t_out: [G, M, D]; choice.globals_: [M, 2] candidate index per slot
-            g = choice.globals_.to(t_out.device)
-            m = torch.arange(g.shape[0], device=t_out.device)
-            return out, [t_out[g[:, 0], m], t_out[g[:, 1], m]]
-        return out
