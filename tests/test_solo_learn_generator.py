@@ -419,7 +419,7 @@ def test_checkpoint_without_generator_state_warns_and_keeps_the_generator():
 @needs_solo
 @pytest.mark.parametrize("selection", [False, True], ids=["generator-only", "selection-then-generator"])
 def test_ready_generator_config_runs_one_epoch_of_main_pretrain(tmp_path, selection):
-    from test_solo_learn_integration import _checkpoint, _image_folder, _run_main_pretrain, _solo_tree
+    from test_solo_learn_main_pretrain import _checkpoint, _image_folder, _run_main_pretrain, _solo_tree
 
     tree = _solo_tree()
     _image_folder(tmp_path / "train")
