@@ -122,9 +122,15 @@ def test_demo_defaults_are_the_studys_default_cell(effect):
     spec = importlib.util.spec_from_file_location("hvs_effect_budget_demo", ROOT / "benchmarks" / "effect_budget.py")
     budget = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(budget)
-    want = budget.demo_summary(data["budget"]["muted"])
-    assert demo.STUDY_BUDGET == {**want, "torch": data["budget_meta"]["torch"].split("+")[0]}
-    assert "torch==" + demo.STUDY_BUDGET["torch"] in (ROOT / "constraints.txt").read_text()  # the pinned build
+    torch_build = data["budget_meta"]["torch"].split("+")[0]
+    assert set(demo.STUDY_BUDGETS) == set(data["budget"]) == {"muted", "photos"}
+    for setting, curves in data["budget"].items():
+        assert demo.STUDY_BUDGETS[setting] == {**budget.demo_summary(curves), "torch": torch_build}, setting
+        # the demo recognises the study's cell of that setting (any epochs: the curves span budgets)
+        cell = effect.CELLS[budget.DATA_CELLS[setting]][0]
+        assert demo.study_setting(effect._parse(effect.SIZE_FLAGS + effect.BASE_FLAGS + cell + ["--epochs", "96"])) == setting
+    assert demo.study_setting(effect._parse(effect.SIZE_FLAGS + effect.BASE_FLAGS + ["--method", "simsiam"])) is None
+    assert "torch==" + torch_build in (ROOT / "constraints.txt").read_text()  # the pinned build
 
 
 def test_tiny_budget_study_writes_the_checked_format(tmp_path):

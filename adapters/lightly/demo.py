@@ -56,18 +56,31 @@ TINY_ARGV = [
     "8",
 ]
 
-# The accuracy-vs-compute curves of the default setting (benchmarks/effect_budget.py,
-# effect.json["budget"]["muted"], its demo_summary), printed next to a run's own numbers; the torch
+# The accuracy-vs-compute curves of the study's two settings (benchmarks/effect_budget.py,
+# effect.json["budget"][data], its demo_summary), printed next to a run of that setting; the torch
 # build is the one constraints.txt pins (numbers differ between builds for the same seed).
-STUDY_BUDGET: Optional[dict[str, Any]] = {
-    "seeds": [0, 1, 2],
-    "baseline": {"24": "88.7% ± 4.6%", "48": "97.3% ± 0.5%", "96": "99.0% ± 0.5%"},
-    "hvs": {"24": "92.2% ± 3.4%", "48": "97.6% ± 0.5%", "96": "99.2% ± 0.2%"},
-    "min_iou": {"24": "92.4% ± 3.0%", "48": "97.1% ± 1.2%", "96": "98.9% ± 0.3%"},
-    "hvs_compute": {"24": 40.2, "48": 80.4, "96": 160.5},
-    "baseline_at_hvs_compute": {"24": "95.1%", "48": "98.5%"},
-    "torch": "2.14.1",
+STUDY_BUDGETS: dict[str, dict[str, Any]] = {
+    "muted": {
+        "seeds": [0, 1, 2],
+        "baseline": {"24": "88.7% ± 4.6%", "48": "97.3% ± 0.5%", "96": "99.0% ± 0.5%"},
+        "hvs": {"24": "92.2% ± 3.4%", "48": "97.6% ± 0.5%", "96": "99.2% ± 0.2%"},
+        "min_iou": {"24": "92.4% ± 3.0%", "48": "97.1% ± 1.2%", "96": "98.9% ± 0.3%"},
+        "hvs_compute": {"24": 40.2, "48": 80.4, "96": 160.5},
+        "baseline_at_hvs_compute": {"24": "95.1%", "48": "98.5%", "96": "99.3%"},
+        "torch": "2.14.1",
+    },
+    "photos": {
+        "seeds": [0, 1, 2],
+        "baseline": {"24": "69.6% ± 1.3%", "48": "76.4% ± 5.1%", "96": "83.5% ± 2.7%"},
+        "hvs": {"24": "70.3% ± 7.0%", "48": "80.6% ± 5.1%", "96": "84.3% ± 4.6%"},
+        "min_iou": {"24": "74.6% ± 4.3%", "48": "71.6% ± 3.3%", "96": "80.2% ± 6.6%"},
+        "hvs_compute": {"24": 40.1, "48": 81.8, "96": 161.7},
+        "baseline_at_hvs_compute": {"24": "74.7%", "48": "81.9%", "96": "79.5%"},
+        "torch": "2.14.1",
+    },
 }
+# the demo flags of each setting (the study's muted cell is the demo's defaults)
+STUDY_FLAGS: dict[str, list[str]] = {"muted": [], "photos": ["--data", "photos", "--eager-colour", "--lr-floor", "0"]}
 
 
 def candidate_figure(run: dict, images: np.ndarray, path: Path, n: int = 6) -> Path:
@@ -365,21 +378,34 @@ def _print(args: argparse.Namespace, result: dict, base: dict, hvs: dict, n_pair
         f"(random pair: 1/{n_pairs} = {result['random_lowest_iou_fraction']:.1%}; paper: >40%)"
     )
     print(f"mean IoU of training pairs: HVS {result['mean_selected_iou']:.3f} vs random {result['mean_random_iou']:.3f}")
-    study = STUDY_BUDGET
-    if study and "knn_baseline" in result and _is_default(args):
+    setting = study_setting(args)
+    study = STUDY_BUDGETS.get(setting or "")
+    if study and "knn_baseline" in result:
         eps = " / ".join(study["baseline"])
         print(
-            f"effect study, this setting (benchmarks/effect_budget.py, seeds {study['seeds']}, torch {study['torch']}): "
+            f"effect study, this setting ({setting}; benchmarks/effect_budget.py, seeds {study['seeds']}, torch {study['torch']}): "
             f"kNN at {eps} epochs: baseline {' / '.join(study['baseline'].values())}; "
             f"HVS {' / '.join(study['hvs'].values())}; min-IoU control {' / '.join(study['min_iou'].values())}"
         )
         at = study["baseline_at_hvs_compute"]
         if at:
             print(
-                "  the baseline given HVS's compute (its curve): "
+                "  the baseline given HVS's compute (its curve, through real runs at the longest): "
                 + "; ".join(f"{e} HVS epochs = {study['hvs_compute'][e]} host-step epochs -> {v}" for e, v in at.items())
             )
     print(f"figures: {'  '.join(result['figures'])}")
+
+
+def study_setting(args: argparse.Namespace) -> Optional[str]:
+    """The effect study's setting that ``args`` runs (``"muted"``: the defaults; ``"photos"``), apart
+    from the epochs (the curves span several budgets), seed, threads, device and output; None if none."""
+    parser = build_parser()
+    skip = {"seed", "threads", "device", "out", "tiny", "parallel", "epochs"}
+    for name, flags in STUDY_FLAGS.items():
+        ref = parser.parse_args(flags)
+        if all(getattr(args, k) == getattr(ref, k) for k in vars(ref) if k not in skip):
+            return name
+    return None
 
 
 def _is_default(args: argparse.Namespace) -> bool:
