@@ -419,31 +419,12 @@ def test_checkpoint_without_generator_state_warns_and_keeps_the_generator():
 @needs_solo
 @pytest.mark.parametrize("selection", [False, True], ids=["generator-only", "selection-then-generator"])
 def test_ready_generator_config_runs_one_epoch_of_main_pretrain(tmp_path, selection):
-    from test_solo_learn_main_pretrain import _checkpoint, _image_folder, _run_main_pretrain, _solo_tree
+    from test_solo_learn_main_pretrain import _checkpoint, _image_folder, _ready_overrides, _run_main_pretrain, _solo_tree
 
     tree = _solo_tree()
     _image_folder(tmp_path / "train")
-    overrides = [
-        "data.dataset=custom",
-        f"data.train_path={tmp_path / 'train'}",
-        "data.val_path=null",
-        "data.num_workers=0",
-        "accelerator=cpu",
-        "devices='1'",
-        "strategy=auto",
-        "precision=32",
-        "sync_batchnorm=False",
-        "max_epochs=1",
-        "+limit_train_batches=1",
-        "optimizer.batch_size=4",
-        f"checkpoint.dir={tmp_path / 'ckpt'}",
-        "method_kwargs.proj_hidden_dim=64",
-        "+enable_progress_bar=False",
-        f"hydra.run.dir={tmp_path}",
-        "wandb.enabled=False",
-        "hvs.generator.width=8",
-        f"hvs.enabled={str(selection).lower()}",
-    ]
+    hvs = ("hvs.generator.width=8", f"hvs.enabled={str(selection).lower()}")
+    overrides = _ready_overrides(tmp_path, tmp_path / "ckpt", "cifar_simclr_generator", max_epochs=1, hvs=hvs)
     out = _run_main_pretrain(
         tmp_path, tree, config_dir=REPO / "configs" / "solo_learn", config_name="cifar_simclr_generator", overrides=tuple(overrides)
     )

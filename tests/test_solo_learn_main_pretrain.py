@@ -161,9 +161,9 @@ _PRETRAINED: dict = {}  # ready config -> an HVS checkpoint of it (for the main_
 READY = ["cifar_simsiam_hvs", "cifar_simclr_hvs", "cifar_dino_hvs"]
 
 
-def _ready_overrides(tmp_path: Path, ckpt_dir: Path, name: str, max_epochs: int = 2) -> list:
+def _ready_overrides(tmp_path: Path, ckpt_dir: Path, name: str, max_epochs: int = 2, hvs: tuple = ("hvs.cap=16",)) -> list:
     """The shipped configs shrunk for CPU by command-line overrides only (1 step an epoch); their
-    own checkpoint / auto_resume settings stay on."""
+    own checkpoint / auto_resume settings stay on. ``hvs``: overrides of the config's hvs block."""
     overrides = [
         "data.dataset=custom",
         f"data.train_path={tmp_path / 'train'}",
@@ -181,7 +181,7 @@ def _ready_overrides(tmp_path: Path, ckpt_dir: Path, name: str, max_epochs: int 
         "method_kwargs.proj_hidden_dim=64",
         "+enable_progress_bar=False",
         f"hydra.run.dir={tmp_path}",
-        "hvs.cap=16",
+        *hvs,
         "wandb.enabled=False",  # solo-learn's usual wandb override
     ]
     if name == "cifar_dino_hvs":
